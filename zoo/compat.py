@@ -1,0 +1,109 @@
+"""Every import-time fix the pinned stack needs, in one place, each applied only when needed.
+
+Why each exists (facts in the README's "Stack fixes" section):
+- torchvision: the registry's torchvision 0.28.0 is a CUDA build; with CPU torch its `_C` extension
+  cannot load and `import torchvision` dies registering fake kernels for ops that do not exist.
+- pkg_resources: mmengine imports it at run time; setuptools>=81 removed it.
+- checkpoints: torch>=2.6 unpickles with weights_only=True; OpenMMLab checkpoints carry numpy
+  objects in `meta`, so loading needs an explicit allow-list instead of weights_only=False.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib
+import warnings
+from collections.abc import Iterator
+
+from zoo.errors import StackError
+
+_TORCHVISION_OPS = {
+    # schema of each torchvision operator that torchvision/_meta_registrations.py needs to exist
+    "nms": "nms(Tensor dets, Tensor scores, float iou_threshold) -> Tensor",
+    "qnms": "qnms(Tensor dets, Tensor scores, float iou_threshold) -> Tensor",
+}
+_torchvision_lib = None  # keeps the torch.library.Library alive for the process lifetime
+_applied = False
+
+
+def torchvision_fixed() -> bool:
+    """True when `import torchvision` needed (and got) the missing-operator fix in this process."""
+    return _torchvision_lib is not None
+
+
+def _import_torchvision() -> None:
+    """Import torchvision; if only its CUDA extension is missing, declare the op schemas and retry."""
+    global _torchvision_lib
+    try:
+        importlib.import_module("torchvision")
+        return
+    except RuntimeError as exc:
+        if "torchvision::" not in str(exc) or "does not exist" not in str(exc):
+            raise
+    import sys
+
+    import torch
+
+    for name in [m for m in sys.modules if m == "torchvision" or m.startswith("torchvision.")]:
+        del sys.modules[name]
+    lib = torch.library.Library("torchvision", "DEF")  # noqa: TOR901 - schema only, no kernels
+    for schema in _TORCHVISION_OPS.values():
+        try:
+            lib.define(schema)
+        except RuntimeError:  # already defined by a partially loaded extension
+            pass
+    _torchvision_lib = lib
+    importlib.import_module("torchvision")
+
+
+def _check_pkg_resources() -> None:
+    """mmengine needs pkg_resources at run time; fail with the fix instead of a bare ImportError."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # setuptools 80 warns that pkg_resources is deprecated
+        try:
+            importlib.import_module("pkg_resources")
+        except ImportError as exc:
+            raise StackError(
+                "pkg_resources is missing (setuptools>=81 removed it) but mmengine imports it: "
+                "pip install 'setuptools<81'"
+            ) from exc
+
+
+def apply() -> None:
+    """Make `import mmpose.apis`, mmengine's Runner and mmdet importable on this stack. Idempotent."""
+    global _applied
+    if _applied:
+        return
+    _check_pkg_resources()
+    _import_torchvision()
+    _applied = True
+
+
+def checkpoint_allowed_globals() -> list:
+    """The non-tensor globals OpenMMLab checkpoints legitimately pickle (numpy arrays/scalars in meta)."""
+    import numpy as np
+
+    allowed: list = [np.ndarray, np.dtype]
+    for mod_name in ("numpy.core.multiarray", "numpy._core.multiarray"):
+        try:
+            mod = importlib.import_module(mod_name)
+        except ImportError:
+            continue
+        for attr in ("_reconstruct", "scalar"):
+            allowed.append((getattr(mod, attr), f"{mod_name}.{attr}"))
+    # dtype classes (numpy >= 1.25 pickles e.g. numpy.dtypes.Float64DType)
+    dtypes = importlib.import_module("numpy.dtypes")
+    allowed.extend(getattr(dtypes, n) for n in dir(dtypes) if n.endswith("DType"))
+    return allowed
+
+
+@contextlib.contextmanager
+def checkpoint_safe_globals() -> Iterator[None]:
+    """Let `torch.load(..., weights_only=True)` (torch's default) accept OpenMMLab checkpoints.
+
+    Scoped to the `with` block, so nothing else in the process gets a wider unpickler.
+    """
+    import torch
+
+    with torch.serialization.safe_globals(checkpoint_allowed_globals()):
+        yield
