@@ -5,7 +5,7 @@ Why each exists (facts in the README's "Stack fixes" section):
   cannot load and `import torchvision` dies registering fake kernels for ops that do not exist.
 - pkg_resources: mmengine imports it at run time; setuptools>=81 removed it.
 - checkpoints: torch>=2.6 unpickles with weights_only=True; OpenMMLab checkpoints carry numpy
-  objects in `meta`, so loading needs an explicit allow-list instead of weights_only=False.
+  objects in `meta`, so loading needs an explicit allow-list instead of turning weights_only off.
 """
 
 from __future__ import annotations

@@ -1,0 +1,99 @@
+"""Each stack fix in zoo.compat is needed here and works; removing one makes a test fail."""
+
+from __future__ import annotations
+
+import io
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from zoo import compat
+from zoo.errors import StackError
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _python(code: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, cwd=ROOT)
+
+
+def test_mmpose_apis_import_after_apply() -> None:
+    """mmpose.apis imports torchvision; with a CPU torch and the registry's CUDA torchvision that
+    fails unless compat declares the missing operator schemas."""
+    proc = _python(
+        "import zoo.compat as c; c.apply(); import mmpose.apis, mmdet.models, mmengine.runner; "
+        "print('fixed' if c.torchvision_fixed() else 'native')"
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.strip() in ("fixed", "native")
+
+
+def test_torchvision_fix_only_when_needed() -> None:
+    """The fix must apply exactly when a plain `import torchvision` fails (a CUDA machine loads the
+    real extension and must not get fake schemas)."""
+    plain = _python("import torchvision")
+    fixed = _python("import zoo.compat as c; c.apply(); print(c.torchvision_fixed())")
+    assert fixed.returncode == 0, fixed.stderr[-2000:]
+    assert fixed.stdout.strip() == str(plain.returncode != 0)
+    if plain.returncode != 0:
+        assert "torchvision::" in plain.stderr and "does not exist" in plain.stderr
+
+
+def test_missing_pkg_resources_is_a_clear_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(sys.modules, "pkg_resources", None)  # import now raises ImportError
+    monkeypatch.setattr(compat, "_applied", False)
+    with pytest.raises(StackError, match="setuptools<81"):
+        compat.apply()
+
+
+def test_mmengine_needs_pkg_resources() -> None:
+    """Why the pkg_resources check exists: mmengine resolves package paths through it."""
+    proc = _python(
+        "import zoo.compat as c; c.apply()\n"
+        "from mmengine.utils import get_installed_path\n"
+        "print(get_installed_path('mmpose'))"
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.strip().endswith("mmpose")
+
+
+def _openmmlab_checkpoint() -> bytes:
+    buf = io.BytesIO()
+    meta = {"epoch": np.int64(210), "lr": np.array([5e-4]), "best": np.float32(0.5), "dtype": np.dtype("f4")}
+    torch.save({"meta": meta, "state_dict": {"w": torch.ones(2)}}, buf)
+    return buf.getvalue()
+
+
+def test_checkpoint_needs_allow_list() -> None:
+    """torch's default weights_only=True refuses OpenMMLab meta (numpy objects) without the list ..."""
+    data = _openmmlab_checkpoint()
+    with pytest.raises(Exception, match="numpy"):
+        torch.load(io.BytesIO(data), weights_only=True)
+    with compat.checkpoint_safe_globals():
+        ckpt = torch.load(io.BytesIO(data), weights_only=True)
+    assert ckpt["meta"]["epoch"] == 210
+    assert torch.equal(ckpt["state_dict"]["w"], torch.ones(2))
+
+
+class _Payload:
+    def __reduce__(self):  # what a malicious pickle would do
+        return (print, ("pwned",))
+
+
+def test_allow_list_still_refuses_other_globals() -> None:
+    buf = io.BytesIO()
+    torch.save({"meta": {"x": _Payload()}, "state_dict": {}}, buf)
+    with compat.checkpoint_safe_globals(), pytest.raises(Exception, match="print"):
+        torch.load(io.BytesIO(buf.getvalue()), weights_only=True)
+
+
+def test_no_global_weights_only_opt_out() -> None:
+    """Nothing in the package turns weights_only off (it would unpickle arbitrary downloaded code)."""
+    for path in (ROOT / "zoo").rglob("*.py"):
+        text = path.read_text()
+        assert "weights_only=False" not in text, path
+        assert "TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD" not in text, path
