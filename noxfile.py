@@ -95,7 +95,9 @@ def bench(session: nox.Session) -> None:
     bindir = stack(session)
     env = {"PYTHONPATH": str(ROOT)}
     for name in ("eval_speed", "data_speed"):
-        session.run(str(bindir / "python"), "-m", f"benchmarks.{name}", *session.posargs, external=True, env=env)
+        session.run(
+            str(bindir / "python"), "-m", f"benchmarks.{name}", *session.posargs, external=True, env=env
+        )
 
 
 if os.environ.get("CI"):

@@ -46,12 +46,10 @@ def _import_torchvision() -> None:
 
     for name in [m for m in sys.modules if m == "torchvision" or m.startswith("torchvision.")]:
         del sys.modules[name]
-    lib = torch.library.Library("torchvision", "DEF")  # noqa: TOR901 - schema only, no kernels
+    lib = torch.library.Library("torchvision", "DEF")  # schema only, no kernels
     for schema in _TORCHVISION_OPS.values():
-        try:
+        with contextlib.suppress(RuntimeError):  # already defined by a partially loaded extension
             lib.define(schema)
-        except RuntimeError:  # already defined by a partially loaded extension
-            pass
     _torchvision_lib = lib
     importlib.import_module("torchvision")
 

@@ -17,8 +17,16 @@ from typing import Any
 
 # Packages whose version and location matter for the numbers; all are required.
 PACKAGES = (
-    "torch", "torchvision", "mmcv", "mmengine", "mmpose", "mmdet",
-    "xtcocotools", "pycocotools", "numpy", "cv2",
+    "torch",
+    "torchvision",
+    "mmcv",
+    "mmengine",
+    "mmpose",
+    "mmdet",
+    "xtcocotools",
+    "pycocotools",
+    "numpy",
+    "cv2",
 )
 
 
@@ -29,7 +37,8 @@ def _probe_package(name: str) -> dict[str, Any]:
         return {"version": None, "error": f"{type(exc).__name__}: {exc}".splitlines()[0]}
     version = getattr(mod, "__version__", None)
     if version is None:
-        from importlib.metadata import PackageNotFoundError, version as dist_version
+        from importlib.metadata import PackageNotFoundError
+        from importlib.metadata import version as dist_version
 
         try:
             version = dist_version(name)
@@ -75,11 +84,18 @@ def git_commit(path: Path | None = None) -> str | None:
     root = path or Path(__file__).resolve().parents[1]
     try:
         sha = subprocess.run(
-            ["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10, check=True
+            ["git", "-C", str(root), "rev-parse", "HEAD"],
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=True,
         ).stdout.strip()
         dirty = subprocess.run(
             ["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no"],
-            capture_output=True, text=True, timeout=10, check=True,
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=True,
         ).stdout.strip()
     except (OSError, subprocess.SubprocessError):
         return None

@@ -10,8 +10,11 @@ from zoo.cli import add_common
 
 
 def _flatten(env: dict) -> list[tuple[str, str]]:
-    rows = [("zoo", f"{env['zoo']} ({env['git_commit'] or 'no git'})"), ("python", env["python"]),
-            ("platform", env["platform"])]
+    rows = [
+        ("zoo", f"{env['zoo']} ({env['git_commit'] or 'no git'})"),
+        ("python", env["python"]),
+        ("platform", env["platform"]),
+    ]
     for name, info in env["packages"].items():
         rows.append((name, info["version"] or f"BROKEN: {info['error']}"))
     ops = env["mmcv_ops"]
