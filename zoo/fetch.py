@@ -47,6 +47,7 @@ from urllib3.util.retry import Retry
 
 from zoo import __version__
 from zoo.errors import InputError, ZooError
+from zoo.fileio import sha256_file, write_atomic
 
 if TYPE_CHECKING:
     from zoo.manifest import Row
@@ -188,7 +189,7 @@ class ChecksumLock:
             entries[url] = sha256
             # one line per URL, both quoted (JSON strings are YAML): PyYAML splits keys over 128 chars
             lines = [f"  {json.dumps(u)}: {json.dumps(h)}\n" for u, h in sorted(entries.items())]
-            _write_atomic(self.path, _LOCK_HEADER + "version: 1\nsha256:\n" + "".join(lines))
+            write_atomic(self.path, _LOCK_HEADER + "version: 1\nsha256:\n" + "".join(lines))
         return True
 
 
@@ -308,7 +309,7 @@ class Cache:
             d.mkdir(parents=True, exist_ok=True)
         tag = self.root / "CACHEDIR.TAG"
         if not tag.exists():
-            _write_atomic(tag, _CACHEDIR_TAG)
+            write_atomic(tag, _CACHEDIR_TAG)
 
     def blob_path(self, sha256: str) -> Path:
         return self.blobs / sha256
@@ -349,7 +350,7 @@ class Cache:
             if index.get(url) == sha256:
                 return
             index[url] = sha256
-            _write_atomic(self.index_path, json.dumps({"sha256": index}, indent=1, sort_keys=True) + "\n")
+            write_atomic(self.index_path, json.dumps({"sha256": index}, indent=1, sort_keys=True) + "\n")
 
     # lookups
 
@@ -425,30 +426,6 @@ def _safe_name(name: str, url: str) -> str:
     if not name or name in (".", "..") or name.startswith(".") or "/" in name or "\\" in name:
         raise InputError(f"{url}: cannot use {name!r} as a cache file name")
     return name
-
-
-def sha256_file(path: Path, chunk_size: int = 1 << 20) -> str:
-    """Stream a file through sha256 (never the whole file in memory)."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(chunk_size):
-            h.update(chunk)
-    return h.hexdigest()
-
-
-def _write_atomic(path: Path, text: str) -> None:
-    """Write via a temp file in the same folder + os.replace: readers see the old or the new file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def _redact(url: str) -> str:
@@ -542,7 +519,7 @@ class _Partial:
             "last_modified": self.last_modified,
             "content_type": self.content_type,
         }
-        _write_atomic(self.meta_path, json.dumps(meta, indent=1, sort_keys=True) + "\n")
+        write_atomic(self.meta_path, json.dumps(meta, indent=1, sort_keys=True) + "\n")
 
     def check_continuation(self, resp: requests.Response) -> None:
         """A 206 answer must continue exactly where the part ends, of the same file."""

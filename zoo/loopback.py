@@ -20,6 +20,8 @@ from pathlib import Path
 from types import TracebackType
 from urllib.parse import quote, unquote, urlsplit
 
+from zoo.fileio import write_atomic
+
 _CHUNK = 64 * 1024
 _RANGE_RE = re.compile(r"bytes=(\d*)-(\d*)")
 _HTML_ERROR = b"<!DOCTYPE html><html><head><title>Error</title></head><body>Access denied</body></html>\n"
@@ -331,10 +333,7 @@ class LoopbackServer:
     def put(self, relpath: str, data: bytes) -> Path:
         """Write a file to serve (atomically, so a concurrent request never sees half of it)."""
         target = self.root / relpath.lstrip("/")
-        target.parent.mkdir(parents=True, exist_ok=True)
-        tmp = target.with_name(f".{target.name}.tmp{os.getpid()}")
-        tmp.write_bytes(data)
-        os.replace(tmp, target)
+        write_atomic(target, data)
         return target
 
     def set_fault(self, relpath: str, *faults: Fault) -> None:

@@ -8,7 +8,7 @@ import logging
 import sys
 from pathlib import Path
 
-from zoo.cli import add_common
+from zoo.cli import add_common, add_fetch_options, at_least
 
 
 def _dataset(args: argparse.Namespace):  # noqa: ANN202 - zoo.data imported lazily (cv2 for every command)
@@ -103,11 +103,10 @@ def register(sub: argparse._SubParsersAction) -> None:
         "dataset", help="dataset id or alias in manifests/datasets.yaml (e.g. coco-wholebody, ubody)"
     )
     p.add_argument("--root", type=Path, help="data root (default: $ZOO_DATA_ROOT/<root>, else data/<root>)")
+    add_fetch_options(p)
     p.add_argument(
-        "--cache", type=Path, help="download cache (default: $ZOO_CACHE, else the platform cache dir)"
+        "--jobs", type=at_least(1), default=2, help="parallel ffmpeg runs for UBody frames (default 2)"
     )
-    p.add_argument("--offline", action="store_true", help="use only the cache (also $ZOO_OFFLINE=1)")
-    p.add_argument("--jobs", type=int, default=2, help="parallel ffmpeg runs for UBody frames (default 2)")
     p.set_defaults(handler=_prepare)
 
     p = dsub.add_parser(

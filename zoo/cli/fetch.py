@@ -6,7 +6,7 @@ import argparse
 import logging
 import sys
 
-from zoo.cli import add_common
+from zoo.cli import add_common, add_fetch_options
 from zoo.errors import InputError, ZooError
 
 
@@ -108,10 +108,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         action="store_true",
         help="allow a --url with no known hash; it is stored under unverified/ and never loaded",
     )
-    p.add_argument(
-        "--cache", metavar="DIR", help="cache folder (default: $ZOO_CACHE, else the user cache dir)"
-    )
-    p.add_argument("--offline", action="store_true", help="never touch the network (also ZOO_OFFLINE=1)")
+    add_fetch_options(p)
     p.add_argument(
         "--update-lock",
         action="store_true",

@@ -9,12 +9,11 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
 from zoo.errors import InputError
+from zoo.fileio import write_atomic
 
 # (annotation field, number of keypoints), in the order mmpose concatenates them into 133 points.
 PARTS: tuple[tuple[str, int], ...] = (
@@ -78,18 +77,9 @@ def load_json(path: Path) -> Any:
 
 
 def write_json(path: Path, data: Any) -> None:
-    """Write JSON atomically (temp file + os.replace), compact and key-order-stable for byte-identical reruns."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            # dumps, not dump: only the one-shot encoder is the fast C one (matters for 100k boxes)
-            f.write(json.dumps(data, separators=(",", ":"), allow_nan=False))
-        os.chmod(tmp, 0o644)  # mkstemp creates 0600; data files are meant to be shared
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    """Write JSON atomically, compact and key-order-stable for byte-identical reruns."""
+    # dumps, not dump: only the one-shot encoder is the fast C one (matters for 100k boxes)
+    write_atomic(path, json.dumps(data, separators=(",", ":"), allow_nan=False))
 
 
 def _is_num(x: Any) -> bool:

@@ -1,0 +1,48 @@
+"""The two file primitives every stage relies on: all-or-nothing writes and streamed sha256.
+
+A killed process must never leave a half-written record, predictions file, lock or cache index,
+so every writer in the package goes through `write_atomic`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+import tempfile
+from pathlib import Path
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def write_atomic(path: Path, data: bytes | str) -> None:
+    """Write via a temp file in the same folder + fsync + os.replace: readers see the old or the new
+    file, never a part. The file gets the usual permissions (mkstemp alone would make it 0600)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    payload = data.encode("utf-8") if isinstance(data, str) else data
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(payload)
+            f.flush()
+            os.fsync(f.fileno())
+        os.chmod(tmp, 0o666 & ~_umask())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+
+
+def sha256_file(path: Path, chunk_size: int = 1 << 20) -> str:
+    """Stream a file through sha256 (never the whole file in memory)."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(chunk_size):
+            h.update(chunk)
+    return h.hexdigest()
