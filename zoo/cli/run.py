@@ -1,0 +1,89 @@
+"""`zoo run`: evaluate manifest rows end to end (thin shell over zoo.evaluate.run_row)."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+from zoo.cli import add_common, add_run_options, run_options
+from zoo.errors import InputError, ZooError
+
+
+def parse_shard(text: str) -> tuple[int, int]:
+    """`i/n` (1-based): this job takes rows i, i+n, i+2n, ... of the selection."""
+    try:
+        i, n = (int(x) for x in text.split("/"))
+    except ValueError:
+        raise InputError(f"--shard {text}: expected i/n, e.g. 1/4") from None
+    if not 1 <= i <= n:
+        raise InputError(f"--shard {text}: need 1 <= i <= n")
+    return i, n
+
+
+def select_rows(manifests, ids: list[str], all_rows: bool, table: str | None, shard: str | None) -> list:
+    if all_rows or table:
+        rows = manifests.table(table).rows if table else manifests.rows
+        if ids:
+            raise InputError("give ROW ids or --all/--table, not both")
+    elif ids:
+        rows = [manifests.row(i) for i in ids]
+    else:
+        raise InputError("no rows selected: give ROW ids, --table NAME or --all")
+    if shard:
+        i, n = parse_shard(shard)
+        rows = rows[i - 1 :: n]
+    return rows
+
+
+def _run(args: argparse.Namespace) -> int:
+    from zoo.evaluate import run_row
+    from zoo.manifest import load_manifests
+
+    logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
+    manifests = load_manifests(args.manifests)
+    rows = select_rows(manifests, args.rows, args.all, args.table, args.shard)
+    opts = run_options(args)
+    failed = 0
+    for row in rows:
+        try:
+            record = run_row(row, manifests, opts)
+        except InputError:
+            raise
+        except ZooError as exc:
+            from zoo.evaluate import write_error_record
+
+            write_error_record(opts, row, str(exc))
+            print(f"zoo: error: {row.id}: {exc}", file=sys.stderr)
+            failed += 1
+            continue
+        if record is None:  # a non-zero rank of a distributed run
+            continue
+        whole = record["metrics"]["wholebody"]
+        print(f"{row.id}\tWhole AP {whole['AP']:.4f}\tAR {whole['AR']:.4f}\t{opts.out / row.id}")
+    return 1 if failed else 0
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "run",
+        help="evaluate rows end to end (fetch, inference, predictions, metrics, record)",
+        description="Evaluate manifest rows with mmpose. Predictions are rescored and OKS-NMSed exactly as "
+        "mmpose's CocoWholeBodyMetric does, then written (predictions.json.gz) before any metric is "
+        "computed. Rows whose record matches the current fingerprint are skipped (--force to redo). "
+        "Scale out with `torchrun --nproc-per-node N -m zoo run ...` (one row across N processes) or "
+        "--shard i/n (rows across jobs).",
+    )
+    add_common(p)
+    p.add_argument("rows", nargs="*", metavar="ROW", help="row ids (see `zoo list`)")
+    p.add_argument("--all", action="store_true", help="every row of every table")
+    p.add_argument("--table", help="every row of one table")
+    add_run_options(p)
+    p.add_argument(
+        "--launcher",
+        choices=("auto", "none", "pytorch", "slurm"),
+        default="auto",
+        help="mmengine launcher; auto = pytorch under torchrun, else none",
+    )
+    p.add_argument("--shard", default=None, help="i/n: run every n-th selected row starting at i (1-based)")
+    p.set_defaults(handler=_run)
