@@ -1,0 +1,170 @@
+"""`zoo reproduce`: fetch -> data verify -> run -> check -> report, as one resumable command.
+
+Each step is the one its own command runs (`zoo fetch`, `zoo data verify`, `zoo run`, `zoo check`,
+`zoo report`); this module only sequences them and keeps going past a failing row, so one broken
+checkpoint or one missing dataset does not hide the other rows' results. A row whose checkpoint
+cannot be fetched gets an error record (the gate reports ERROR); a row whose dataset does not pass
+verification gets a 'skipped' record naming what is missing (SKIPPED). Rerunning resumes: finished
+rows are skipped by `run_row`'s fingerprint check and cached checkpoints are not downloaded again.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from zoo.compare import Comparison, compare
+from zoo.errors import InputError, ZooError
+from zoo.evaluate import RunOptions
+from zoo.manifest import Manifests, Row
+
+log = logging.getLogger(__name__)
+_MAX_REASONS = 3  # findings quoted in a skipped record's reason (all of them are in `missing`)
+
+
+@dataclass
+class ReproduceOptions:
+    """How to run the rows (exactly `zoo run`'s options) plus where the gate's and report's outputs go."""
+
+    run: RunOptions = field(default_factory=RunOptions)
+    report_dir: Path = Path("reports")
+    junit: Path | None = None
+    strict: bool = False
+    allow_missing: bool = False
+
+
+@dataclass
+class ReproduceResult:
+    comparison: Comparison
+    records: dict[str, dict[str, Any]]
+    reports: list[Path]
+    junit: Path | None
+    seconds: float
+
+
+def data_problems(dataset: Any, data_root: Path | None) -> list[str]:
+    """Why `dataset` cannot be evaluated under `data_root` (empty when `zoo data verify` passes).
+
+    A `--data-root` that does not exist at all is bad input and raises; a dataset missing under an
+    existing root, or a default root that was never prepared, is a reason to skip its rows.
+    """
+    from zoo.data import verify
+    from zoo.evaluate import locate_data
+
+    paths = locate_data(dataset, data_root)
+    if not paths.root.is_dir():
+        return [
+            f"{paths.root}: data root of {dataset.id} does not exist (run `zoo data prepare {dataset.id}`)"
+        ]
+    report = verify(dataset, paths.root)
+    return [f.message for f in report.findings if f.level == "error"]
+
+
+def skipped_record(row: Row, problems: Sequence[str], argv: Sequence[str]) -> dict[str, Any]:
+    shown = "; ".join(problems[:_MAX_REASONS]) + (
+        f"; and {len(problems) - _MAX_REASONS} more" if len(problems) > _MAX_REASONS else ""
+    )
+    return {
+        "row_id": row.id,
+        "table": row.table,
+        "name": row.name,
+        "status": "skipped",
+        "dataset": row.dataset,
+        "reason": f"dataset {row.dataset} not available: {shown}",
+        "missing": list(problems),
+        "command": list(argv),
+        "finished": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    }
+
+
+def reproduce(
+    manifests: Manifests,
+    rows: Sequence[Row],
+    opts: ReproduceOptions,
+    say: Callable[[str], None] = log.info,
+) -> ReproduceResult:
+    """The whole reproduction of `rows`; the caller turns `result.comparison` into an exit code."""
+    from zoo import fetch, results
+    from zoo.data import load_registry
+    from zoo.evaluate import run_row, write_error_record
+    from zoo.junit import write_junit
+    from zoo.report import write_report
+
+    started = time.perf_counter()
+    run_opts = opts.run
+    if run_opts.data_root is not None and not Path(run_opts.data_root).is_dir():
+        raise InputError(f"--data-root {run_opts.data_root}: no such folder")  # before any download
+    lock = fetch.ChecksumLock(manifests.dir / "checkpoints.lock")
+    runnable: list[Row] = []
+    for i, row in enumerate(rows, 1):
+        say(f"[fetch {i}/{len(rows)}] {row.id}")
+        try:
+            fetch.fetch_row(row, lock=lock, cache=run_opts.cache, offline=run_opts.offline)
+        except InputError:
+            raise
+        except ZooError as exc:
+            write_error_record(run_opts, row, f"fetch failed: {exc}")
+            say(f"  ERROR {row.id}: {exc}")
+            continue
+        runnable.append(row)
+
+    registry = load_registry(manifests.dir)
+    problems = {}
+    for dataset_id in dict.fromkeys(row.dataset for row in runnable):
+        say(f"[verify] {dataset_id}")
+        problems[dataset_id] = data_problems(registry.get(dataset_id), run_opts.data_root)
+        for line in problems[dataset_id]:
+            say(f"  {line}")
+    for i, row in enumerate(runnable, 1):
+        if problems[row.dataset]:
+            results.write_record(run_opts.out, skipped_record(row, problems[row.dataset], run_opts.argv))
+            say(f"[run {i}/{len(runnable)}] {row.id}: SKIPPED (dataset {row.dataset} not available)")
+            continue
+        say(f"[run {i}/{len(runnable)}] {row.id}")
+        try:
+            run_row(row, manifests, run_opts)
+        except InputError:
+            raise
+        except ZooError as exc:
+            write_error_record(run_opts, row, str(exc))
+            say(f"  ERROR {row.id}: {exc}")
+
+    records = results.load_records(run_opts.out)
+    comparison = compare(rows, records, strict=opts.strict, allow_missing=opts.allow_missing)
+    junit = write_junit(opts.junit, comparison, records) if opts.junit else None
+    reports = write_report(manifests, records, opts.report_dir, rows)
+    return ReproduceResult(comparison, records, reports, junit, time.perf_counter() - started)
+
+
+def summary_table(result: ReproduceResult) -> str:
+    """The end-of-run table: status and Whole AP/AR (expected, measured, Δ) per row, plus run time."""
+    from tabulate import tabulate
+
+    def cells(check: Any, key: str) -> list[str]:
+        m = next((m for m in check.metrics if m.key == key), None)
+        if m is None:
+            return ["", "", ""]
+        got = "n/a" if m.measured is None else f"{m.measured:.4f}"
+        delta = "" if m.delta is None else f"{m.delta:+.4f}"
+        return [f"{m.expected:.3f}", got, delta]
+
+    lines = []
+    for check in result.comparison.rows:
+        timings = (result.records.get(check.row_id) or {}).get("timings") or {}
+        seconds = timings.get("total_s")
+        lines.append(
+            [
+                check.row_id,
+                check.status,
+                *cells(check, "whole.ap"),
+                *cells(check, "whole.ar"),
+                "" if seconds is None else f"{seconds / 60:.1f}",
+            ]
+        )
+    headers = ["row", "status", "Whole AP", "measured", "Δ", "Whole AR", "measured", "Δ", "min"]
+    return tabulate(lines, headers=headers, disable_numparse=True)
