@@ -217,7 +217,16 @@ def test_torchrun_two_processes_match_one(local_zoo, data_roots, tmp_path: Path)
     env = {**os.environ, "OMP_NUM_THREADS": "1"}  # same kernels in both runs, so numbers can be equal
     launchers = {
         "one": [sys.executable, "-m", "zoo"],
-        "two": [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", "-m", "zoo"],
+        "two": [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            "--nproc-per-node",
+            "2",
+            "-m",
+            "zoo",
+        ],
     }
     for out, launcher in launchers.items():
         proc = subprocess.run(
