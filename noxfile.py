@@ -89,15 +89,22 @@ def reproduce(session: nox.Session) -> None:
     session.run(str(bindir / "zoo"), "reproduce", *session.posargs, external=True)
 
 
+BENCHMARKS = ("eval_speed", "data_speed")
+
+
 @nox.session(venv_backend="none")
 def bench(session: nox.Session) -> None:
-    """Performance benchmarks; results under benchmarks/results/."""
+    """Performance benchmarks (results under benchmarks/results/). `-- NAME ARGS...` runs one with ARGS."""
     bindir = stack(session)
     env = {"PYTHONPATH": str(ROOT)}
-    for name in ("eval_speed", "data_speed"):
-        session.run(
-            str(bindir / "python"), "-m", f"benchmarks.{name}", *session.posargs, external=True, env=env
-        )
+    if session.posargs and session.posargs[0] in BENCHMARKS:
+        plan = [(session.posargs[0], session.posargs[1:])]
+    elif session.posargs:
+        session.error(f"unknown benchmark {session.posargs[0]!r}; choose one of {', '.join(BENCHMARKS)}")
+    else:
+        plan = [(name, []) for name in BENCHMARKS]
+    for name, args in plan:
+        session.run(str(bindir / "python"), "-m", f"benchmarks.{name}", *args, external=True, env=env)
 
 
 if os.environ.get("CI"):

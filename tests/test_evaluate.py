@@ -270,3 +270,17 @@ def test_cuda_oom_halves_batch_and_keeps_results(local_zoo, data_roots) -> None:
     assert [i for i, _ in pairs] == [i for i, _ in baseline]
     for (_, a), (_, b) in zip(pairs, baseline, strict=False):
         np.testing.assert_allclose(a.keypoints, b.keypoints, atol=1e-4)
+
+
+def test_reference_paths_give_identical_results(local_zoo, data_roots, tmp_path: Path) -> None:
+    """`zoo run --reference` (mmpose's per-box pipeline + xtcocotools) == the default fast paths."""
+    from zoo.evaluate import run_row
+
+    manifests = load_manifests(local_zoo("hrnet-w32-dark-256x192"))
+    row = manifests.row("hrnet-w32-dark-256x192")
+    fast = run_row(row, manifests, _opts(tmp_path / "fast", data_roots[row.dataset]))
+    ref = run_row(row, manifests, _opts(tmp_path / "ref", data_roots[row.dataset], reference=True))
+    assert ref["fingerprint"]["paths"] == "reference" and fast["fingerprint"]["paths"] == "fast"
+    assert ref["metrics"] == fast["metrics"]
+    read = lambda d: (d / "runs" / row.id / "predictions.json.gz").read_bytes()  # noqa: E731
+    assert read(tmp_path / "ref") == read(tmp_path / "fast")

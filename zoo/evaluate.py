@@ -240,12 +240,19 @@ def infer(
     workers: int,
     device: str,
     progress: bool = True,
+    reference: bool = False,
 ) -> tuple[list[tuple[int, PoseInstance]], InferenceStats]:
-    """Run mmpose's test_step over `indices`; on CUDA OOM halve the batch and redo that batch."""
+    """Run mmpose's test_step over `indices`; on CUDA OOM halve the batch and redo that batch.
+
+    Batches come from `zoo.crops` (each image decoded once, byte-identical crops and samples) or,
+    with `reference`, from mmpose's per-box pipeline through a plain DataLoader.
+    """
     import torch
     from mmengine.dataset import pseudo_collate
     from torch.utils.data import DataLoader, Subset
     from tqdm import tqdm
+
+    from zoo.crops import fast_loader
 
     stats = InferenceStats(batch_size=batch_size)
     out: list[tuple[int, PoseInstance]] = []
@@ -253,14 +260,19 @@ def infer(
     bar = tqdm(total=len(indices), unit="crop", disable=not progress, dynamic_ncols=True, mininterval=1.0)
     start = time.perf_counter()
     while done < len(indices):
-        loader = DataLoader(
-            Subset(dataset, list(indices[done:])),
-            batch_size=stats.batch_size,
-            num_workers=workers,
-            collate_fn=pseudo_collate,
-            pin_memory=device.startswith("cuda"),
-            persistent_workers=False,
-        )
+        pin = device.startswith("cuda")
+        if reference:
+            loader = DataLoader(
+                Subset(dataset, list(indices[done:])),
+                batch_size=stats.batch_size,
+                num_workers=workers,
+                collate_fn=pseudo_collate,
+                pin_memory=pin,
+            )
+        else:
+            loader = fast_loader(
+                dataset, list(indices[done:]), stats.batch_size, workers=workers, pin_memory=pin
+            )
         try:
             with torch.no_grad():
                 for batch in loader:
@@ -446,6 +458,7 @@ def run_row(row: Row, manifests: Any, opts: RunOptions) -> dict[str, Any] | None
                 workers=cfg.test_dataloader.num_workers,
                 device=device,
                 progress=opts.progress and rank == 0,
+                reference=opts.reference,
             )
             timings["inference_s"] = infer_stats.seconds
             pairs = gather(pairs, world)
