@@ -12,12 +12,6 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 
 
-@pytest.fixture(autouse=True)
-def _benchmarks_importable(monkeypatch: pytest.MonkeyPatch) -> None:
-    """`benchmarks` is a top-level package of the checkout, not of the installed project."""
-    monkeypatch.syspath_prepend(str(ROOT))
-
-
 def test_crop_digest_sees_one_pixel_and_one_field(synth_root: Path) -> None:
     """The benchmark's identity check can fail: a changed pixel or sample field changes the digest."""
     from benchmarks.data_speed import crop_digest
