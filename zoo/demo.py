@@ -33,6 +33,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from zoo.errors import InputError, ZooError
+from zoo.fileio import read_yaml
 from zoo.manifest import METRICS, Metrics
 
 SPEC_FILE = Path(__file__).resolve().with_name("demo.yaml")
@@ -107,12 +108,7 @@ class Recorded(_Model):
 
 
 def _load_yaml_model(path: Path, model: type[BaseModel]) -> Any:
-    try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise InputError(f"{path}: not found") from None
-    except yaml.YAMLError as exc:
-        raise InputError(f"{path}: invalid YAML: {' '.join(str(exc).split())}") from None
+    data = read_yaml(path)
     try:
         return model.model_validate(data)
     except ValidationError as exc:

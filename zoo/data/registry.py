@@ -14,11 +14,11 @@ import re
 from pathlib import Path, PurePosixPath
 from typing import Annotated, Literal
 
-import yaml
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from zoo.data.paths import DataPaths
 from zoo.errors import InputError
+from zoo.fileio import read_yaml
 
 DATASETS_FILE = "datasets.yaml"
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
@@ -169,12 +169,7 @@ def _error(path: Path, dataset: str | None, exc: ValidationError) -> InputError:
 def load_registry(manifests: Path) -> Registry:
     """Read and validate `<manifests>/datasets.yaml`; InputError naming file, dataset id and field."""
     path = Path(manifests) / DATASETS_FILE
-    try:
-        doc = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise InputError(f"{path}: dataset registry not found") from None
-    except yaml.YAMLError as exc:
-        raise InputError(f"{path}: not valid YAML: {' '.join(str(exc).split())}") from None
+    doc = read_yaml(path)
     if not isinstance(doc, dict) or set(doc) != {"version", "datasets"} or doc.get("version") != 1:
         raise InputError(f"{path}: top level must be exactly `version: 1` and `datasets:`")
     if not isinstance(doc["datasets"], dict) or not doc["datasets"]:
