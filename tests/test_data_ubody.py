@@ -20,7 +20,8 @@ from zoo.errors import InputError, ZooError
 
 REPO = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.skipif(
-    shutil.which("ffmpeg") is None, reason="ffmpeg not installed (apt-get install ffmpeg)"
+    shutil.which("ffmpeg") is None,
+    reason="needs the ffmpeg binary to write and read test videos (apt-get install ffmpeg; CI installs it)",
 )
 
 

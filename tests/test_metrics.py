@@ -258,6 +258,13 @@ def _pairs_of_one_image(gt: dict[str, Any], records: list[dict[str, Any]]):
     return truth, results, pd, pg
 
 
+def _busiest_image(gt: dict) -> tuple[dict, dict]:
+    """The ground truth cut down to its image with the most annotations (and that image)."""
+    image = max(gt["images"], key=lambda im: sum(a["image_id"] == im["id"] for a in gt["annotations"]))
+    anns = [a for a in gt["annotations"] if a["image_id"] == image["id"]]
+    return {**gt, "images": [image], "annotations": anns}, image
+
+
 def test_oks_is_bitwise_xtcocotools():
     """Not just the stats: every OKS value is the one xtcocotools computes (ulps included)."""
     from xtcocotools.coco import COCO
@@ -265,12 +272,7 @@ def test_oks_is_bitwise_xtcocotools():
 
     rng = np.random.default_rng(12)
     gt = make_ground_truth(rng, 40)
-    image = max(gt["images"], key=lambda im: sum(a["image_id"] == im["id"] for a in gt["annotations"]))
-    gt = {
-        **gt,
-        "images": [image],
-        "annotations": [a for a in gt["annotations"] if a["image_id"] == image["id"]],
-    }
+    gt, image = _busiest_image(gt)
     records = [r for r in make_predictions(rng, gt, 10) if r["image_id"] == image["id"]][:20]
     for rec in records:
         rec["category_id"] = 1
@@ -303,12 +305,7 @@ def test_oks_bounds_are_sound_and_tight():
     constructed worst case, and skipping needs it below every IoU threshold."""
     rng = np.random.default_rng(13)
     gt = make_ground_truth(rng, 40)
-    image = max(gt["images"], key=lambda im: sum(a["image_id"] == im["id"] for a in gt["annotations"]))
-    gt = {
-        **gt,
-        "images": [image],
-        "annotations": [a for a in gt["annotations"] if a["image_id"] == image["id"]],
-    }
+    gt, image = _busiest_image(gt)
     records = [r for r in make_predictions(rng, gt, 20) if r["image_id"] == image["id"]]
     for rec in records:
         rec["category_id"] = 1

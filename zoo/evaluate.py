@@ -337,7 +337,7 @@ def distributed(launcher: str) -> Iterator[tuple[int, int]]:
 
 
 def gather(pairs: list[tuple[int, PoseInstance]], world: int) -> list[tuple[int, PoseInstance]] | None:
-    """All ranks' predictions on rank 0 (None elsewhere); pickled through the filesystem (gloo-safe)."""
+    """All ranks' predictions on rank 0 (None elsewhere), via a pickling all-gather (gloo or NCCL)."""
     if world == 1:
         return pairs
     from mmengine.dist import all_gather_object, get_rank
@@ -443,6 +443,7 @@ def run_row(row: Row, manifests: Any, opts: RunOptions) -> dict[str, Any] | None
 
     timings: dict[str, float] = {}
     infer_stats: InferenceStats | None = None
+    subset_images: set[int] | None = None  # with --subset, the GT is restricted to these images
     preds_path = None if opts.force else results.complete_predictions(opts.out, row.id, digest)
     with distributed(opts.launcher) as (rank, world):
         if preds_path is None:
@@ -457,6 +458,8 @@ def run_row(row: Row, manifests: Any, opts: RunOptions) -> dict[str, Any] | None
 
             set_multi_processing(**cfg.env_cfg.get("mp_cfg", {}), distributed=world > 1)
             indices = subset_indices(ds, opts.subset)
+            if opts.subset is not None:
+                subset_images = _images_of(ds, indices)
             mine = indices[rank::world]
             pairs, infer_stats = infer(
                 model,
@@ -480,12 +483,12 @@ def run_row(row: Row, manifests: Any, opts: RunOptions) -> dict[str, Any] | None
             return None
         else:  # resumed: evaluate the complete predictions file written before the interruption
             preds = metrics.load_results(preds_path)
+            if opts.subset is not None:
+                ds = build_dataset(cfg)
+                subset_images = _images_of(ds, subset_indices(ds, opts.subset))
 
     t = time.perf_counter()
-    if opts.subset is not None:
-        ann: Any = _subset_annotations(paths.ann_file, _subset_image_ids(cfg, opts.subset))
-    else:
-        ann = paths.ann_file
+    ann: Any = paths.ann_file if subset_images is None else _subset_annotations(paths.ann_file, subset_images)
     scores = metrics.evaluate(preds, ann, use_area=row.use_area, reference=opts.reference)
     timings["evaluation_s"] = time.perf_counter() - t
     timings["total_s"] = time.perf_counter() - t0
@@ -527,9 +530,8 @@ def run_row(row: Row, manifests: Any, opts: RunOptions) -> dict[str, Any] | None
     return record
 
 
-def _subset_image_ids(cfg: Any, images: int) -> set[int]:
-    ds = build_dataset(cfg)
-    return {int(ds.get_data_info(i)["img_id"]) for i in subset_indices(ds, images)}
+def _images_of(dataset: Any, indices: Sequence[int]) -> set[int]:
+    return {int(dataset.get_data_info(i)["img_id"]) for i in indices}
 
 
 def write_error_record(opts: RunOptions, row: Row, message: str) -> None:
