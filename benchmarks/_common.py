@@ -143,3 +143,35 @@ def update_summary(results_dir: Path, updates: Mapping[str, Any]) -> dict[str, A
         summary = merge({"gpu_speedup": None, **current}, updates)
         write_atomic(path, json.dumps(summary, indent=2, sort_keys=True) + "\n")
     return summary
+
+
+def local_zoo(work: Path, rows: Sequence[str], data_root: Path, seed: int = 0) -> Path:
+    """A manifest folder whose `rows` point at random-weight checkpoints of their real architectures,
+    served over loopback and fetched into the zoo cache ($ZOO_CACHE, else `work/cache`, which is then
+    set for child processes), so that a benchmark measures runs, not downloads."""
+    from zoo import compat
+    from zoo.data import dataset_paths, load_registry
+    from zoo.evaluate import load_config
+    from zoo.loopback import LoopbackServer
+    from zoo.manifest import load_manifests
+    from zoo.randweights import local_manifests, random_state_dict, save_checkpoint
+
+    compat.apply()
+    os.environ.setdefault("ZOO_CACHE", str(work / "cache"))
+    manifests_dir = ROOT / "manifests"
+    manifests, registry = load_manifests(manifests_dir), load_registry(manifests_dir)
+    served = {}
+    with LoopbackServer(work / "served") as server:
+        for n, row_id in enumerate(rows):
+            row = manifests.row(row_id)
+            cfg = load_config(row, dataset_paths(registry.get(row.dataset), data_root))
+            path = save_checkpoint(random_state_dict(cfg, seed=seed + n), server.root, row_id)
+            served[row_id] = (server.url(path.name), path)
+        mdir = local_manifests(manifests_dir, work / "manifests", served)
+        proc = subprocess.run(
+            [sys.executable, "-m", "zoo", "fetch", *rows, "--manifests", str(mdir)],
+            cwd=ROOT, capture_output=True, text=True, timeout=900,
+        )  # fmt: skip
+        if proc.returncode != 0:
+            raise RuntimeError(f"zoo fetch failed: {proc.stderr.strip()[-2000:]}")
+    return mdir

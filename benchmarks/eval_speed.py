@@ -194,15 +194,16 @@ def _reference_postprocess(boxes: Sequence[dict[str, Any]]) -> Any:
     return run
 
 
-def _instances(boxes: Sequence[dict[str, Any]]) -> list[Any]:
-    from zoo.metrics import PoseInstance
+def _instances(boxes: Sequence[dict[str, Any]]) -> Any:
+    from zoo.metrics import Instances
 
-    return [
-        PoseInstance(
-            b["image_id"], b["keypoints"], b["keypoint_scores"], b["bbox_score"], np.prod(b["bbox_scale"])
-        )
-        for b in boxes
-    ]
+    return Instances.stack(
+        [b["image_id"] for b in boxes],
+        [b["keypoints"] for b in boxes],
+        [b["keypoint_scores"] for b in boxes],
+        [b["bbox_score"] for b in boxes],
+        [np.prod(b["bbox_scale"]) for b in boxes],
+    )
 
 
 def _digest(records: Sequence[dict[str, Any]]) -> str:

@@ -1,8 +1,8 @@
 """zoo.crops: the fast data path hands `model.test_step` exactly what mmpose's per-box pipeline does.
 
-Identity is checked sample by sample against mmpose's own dataset (`dataset[i]`, i.e. LoadImage ->
+Identity is checked box by box against mmpose's own dataset (`dataset[i]`, i.e. LoadImage ->
 GetBBoxCenterScale -> TopdownAffine -> PackPoseInputs): the crop bytes, dtype and shape, and every
-field of the PoseDataSample. Configs: a plain 256x192 detector-box row (res50), the CSPNeXt "UDP"
+value of the PoseDataSample that the model and the metric read. Configs: a plain 256x192 detector-box row (res50), the CSPNeXt "UDP"
 row as shipped (GT boxes, TopdownAffine without use_udp), the same row with use_udp=True (the UDP
 warp matrix), a 384x288 row and the UBody2D row (its own dataset class and config).
 """
@@ -78,61 +78,45 @@ def _dataset(row_id: str, use_udp: bool, root: Path) -> Any:
     return build_dataset(_config(row_id, use_udp, root))
 
 
-def _assert_same(a: Any, b: Any, where: str) -> None:
-    """Equal values of equal types; arrays and tensors also in dtype and shape."""
-    assert type(a) is type(b), f"{where}: {type(a).__name__} != {type(b).__name__}"
-    if isinstance(a, torch.Tensor):
-        assert a.dtype == b.dtype and a.shape == b.shape, where
-        assert a.numpy().tobytes() == b.numpy().tobytes(), f"{where}: bytes differ"
-    elif isinstance(a, np.ndarray):
-        assert a.dtype == b.dtype and a.shape == b.shape, where
-        assert a.tobytes() == b.tobytes(), f"{where}: values differ"
-    elif isinstance(a, dict):
-        assert sorted(a) == sorted(b), f"{where}: keys {sorted(a)} != {sorted(b)}"
-        for k in a:
-            _assert_same(a[k], b[k], f"{where}.{k}")
-    elif isinstance(a, (list, tuple)):
-        assert len(a) == len(b), where
-        for n, (x, y) in enumerate(zip(a, b, strict=True)):
-            _assert_same(x, y, f"{where}[{n}]")
-    else:
-        assert a == b, f"{where}: {a!r} != {b!r}"
+def _same(a: Any, b: Any) -> bool:
+    """Equal bytes, dtype and shape (tensors compared as arrays)."""
+    a, b = (np.asarray(x.numpy() if isinstance(x, torch.Tensor) else x) for x in (a, b))
+    return a.dtype == b.dtype and a.shape == b.shape and a.tobytes() == b.tobytes()
 
 
-def _assert_same_sample(ref: dict[str, Any], inputs: torch.Tensor, sample: Any, where: str) -> None:
-    _assert_same(ref["inputs"], inputs, f"{where} inputs")
-    want = ref["data_samples"]
-    assert type(sample) is type(want)
-    assert sorted(sample.keys()) == sorted(want.keys()), where
-    _assert_same(want.metainfo, sample.metainfo, f"{where} metainfo")
-    fields = sorted(want.keys())
-    for field in fields:
-        _assert_same(want.get(field).to_dict(), sample.get(field).to_dict(), f"{where} {field}")
-        _assert_same(want.get(field).metainfo, sample.get(field).metainfo, f"{where} {field}.metainfo")
+def _assert_box_like_mmpose(ref: dict[str, Any], chunk: dict[str, Any], n: int, where: str) -> None:
+    """Box n of a chunk against mmpose's `dataset[i]`: the crop's bytes, and every value of its
+    PoseDataSample the model and the metric read (ids, the center and scale after the affine, the bbox
+    score and scale)."""
+    sample = ref["data_samples"]
+    assert _same(chunk["crops"][n], ref["inputs"]), f"{where}: crop"
+    assert int(chunk["sample_id"][n]) == sample.id and int(chunk["image_id"][n]) == sample.img_id, where
+    assert chunk["sample_id"].dtype == chunk["image_id"].dtype == np.int64, where
+    assert _same(chunk["center"][n], sample.input_center), f"{where}: input_center"
+    assert _same(chunk["scale"][n], sample.input_scale), f"{where}: input_scale"
+    assert _same(chunk["scale"][n : n + 1], sample.gt_instances.bbox_scales), f"{where}: bbox_scales"
+    assert _same(chunk["bbox_score"][n : n + 1], sample.gt_instances.bbox_scores), f"{where}: bbox_scores"
+    assert tuple(sample.input_size) == (chunk["crops"].shape[3], chunk["crops"].shape[2]), where
 
 
-def _flatten(batches: list[dict[str, list[Any]]]) -> list[tuple[torch.Tensor, Any]]:
-    return [pair for b in batches for pair in zip(b["inputs"], b["data_samples"], strict=True)]
+def _boxes(chunks: list[dict[str, Any]]) -> list[tuple[dict[str, Any], int]]:
+    return [(chunk, n) for chunk in chunks for n in range(len(chunk["sample_id"]))]
 
 
 @pytest.mark.parametrize(("case", "row_id", "use_udp"), CASES, ids=[c[0] for c in CASES])
-def test_crops_and_samples_identical_to_mmpose_pipeline(
+def test_crops_and_boxes_identical_to_mmpose_pipeline(
     case: str, row_id: str, use_udp: bool, roots: dict[str, Path]
 ) -> None:
-    from zoo.crops import fast_loader
+    from zoo.crops import chunk_loader
 
     ds = _dataset(row_id, use_udp, roots[load_manifests(MANIFESTS).row(row_id).dataset])
     assert ds.pipeline.transforms[2].use_udp is use_udp  # the case tests what it says
     indices = list(range(len(ds)))
     assert len(indices) >= 5
-    batches = list(fast_loader(ds, indices, batch_size=4))
-    assert [len(b["inputs"]) for b in batches] == [
-        min(4, len(indices) - s) for s in range(0, len(indices), 4)
-    ]
-    pairs = _flatten(batches)
-    assert len(pairs) == len(indices)
-    for i, (inputs, sample) in zip(indices, pairs, strict=True):
-        _assert_same_sample(ds[i], inputs, sample, f"{case} sample {i}")
+    boxes = _boxes(list(chunk_loader(ds, indices)))
+    assert len(boxes) == len(indices)
+    for i, (chunk, n) in zip(indices, boxes, strict=True):
+        _assert_box_like_mmpose(ds[i], chunk, n, f"{case} sample {i}")
 
 
 @pytest.mark.parametrize("input_size", [(192, 256), (288, 384)])
@@ -157,94 +141,94 @@ def test_warp_matrices_equal_mmpose_bytewise(input_size: tuple[int, int]) -> Non
 
 def test_order_kept_with_workers_split_images_and_strided_indices(crowded_root: Path) -> None:
     """A rank's share (every 2nd sample), images split into runs of 2 crops, 2 worker processes."""
-    from zoo.crops import CropLoader
+    from zoo.crops import chunk_loader
 
     ds = _dataset("res50-256x192", False, crowded_root)
     indices = list(range(len(ds)))[1::2]
-    loader = CropLoader(ds, indices, batch_size=3, workers=2, max_crops=2)
-    assert max(len(c) for c in loader.crops.chunks) == 2
+    loader = chunk_loader(ds, indices, workers=2, max_crops=2)
+    assert max(len(c) for c in loader.dataset.chunks) == 2
     assert len({ds.get_data_info(i)["img_path"] for i in indices}) < len(
-        loader.crops.chunks
-    )  # images were split
-    batches = list(loader)
-    assert len(batches) == len(loader) == -(-len(indices) // 3)
-    pairs = _flatten(batches)
-    assert [s.id for _, s in pairs] == [ds.get_data_info(i)["id"] for i in indices]
-    for i, (inputs, sample) in zip(indices, pairs, strict=True):
-        _assert_same_sample(ds[i], inputs, sample, f"sample {i}")
+        loader.dataset.chunks
+    )  # images split
+    boxes = _boxes(list(loader))
+    assert [int(chunk["sample_id"][n]) for chunk, n in boxes] == [ds.get_data_info(i)["id"] for i in indices]
+    for i, (chunk, n) in zip(indices, boxes, strict=True):
+        _assert_box_like_mmpose(ds[i], chunk, n, f"sample {i}")
 
 
 def test_dataset_with_its_own_get_data_info_is_asked_per_sample(roots: dict[str, Path]) -> None:
-    """A dataset class that changes get_data_info may add per-sample fields: nothing is shared then.
-    Here it also rotates the boxes, which TopdownAffine honours (mmpose's matrices are used then)."""
-    from zoo.crops import fast_loader
+    """A dataset class that changes get_data_info is asked per sample. Here it rotates the boxes,
+    which TopdownAffine honours (mmpose's matrices are used then)."""
+    from zoo.crops import chunk_loader
 
     ds = _dataset("res50-256x192", False, roots["coco-wholebody-v1.0-val"])
 
-    class Tagged(type(ds)):
+    class Rotated(type(ds)):
         def get_data_info(self, idx: int) -> dict:
-            info = super().get_data_info(idx)
-            return {
-                **info,
-                "dataset_name": f"tagged-{idx}",
-                "bbox_rotation": np.array([7.5 * idx], np.float32),
-            }
+            return {**super().get_data_info(idx), "bbox_rotation": np.array([7.5 * idx], np.float32)}
 
-    ds.__class__ = Tagged
+    ds.__class__ = Rotated
     indices = list(range(len(ds)))
-    pairs = _flatten(list(fast_loader(ds, indices, batch_size=4)))
-    assert [s.dataset_name for _, s in pairs] == [f"tagged-{i}" for i in indices]
-    for i, (inputs, sample) in zip(indices, pairs, strict=True):
-        _assert_same_sample(ds[i], inputs, sample, f"sample {i}")
+    for i, (chunk, n) in zip(indices, _boxes(list(chunk_loader(ds, indices))), strict=True):
+        _assert_box_like_mmpose(ds[i], chunk, n, f"sample {i}")
 
 
-def test_empty_indices_give_no_batches(crowded_root: Path) -> None:
-    from zoo.crops import fast_loader
+def test_empty_indices_give_no_chunks(crowded_root: Path) -> None:
+    from zoo.crops import chunk_loader
 
-    loader = fast_loader(_dataset("res50-256x192", False, crowded_root), [], batch_size=4)
-    assert len(loader) == 0 and list(loader) == []
+    assert list(chunk_loader(_dataset("res50-256x192", False, crowded_root), [])) == []
+
+
+def test_unreadable_image_is_one_line_naming_it(crowded_root: Path, tmp_path: Path) -> None:
+    """A truncated or missing image comes back as an error naming the file, not a worker traceback."""
+    import shutil
+
+    from zoo.crops import chunk_loader
+
+    root = tmp_path / "root"
+    shutil.copytree(crowded_root, root)
+    ds = _dataset("res50-256x192", False, root)
+    first = Path(ds.get_data_info(0)["img_path"])
+    first.write_bytes(first.read_bytes()[:100])
+    chunks = list(chunk_loader(ds, list(range(len(ds))), workers=1))
+    assert chunks[0]["error"] == f"{first}: does not decode as an image (AssertionError)"
+    assert all("error" not in c for c in chunks[1:])
 
 
 def test_pipeline_it_cannot_reproduce_is_refused(crowded_root: Path) -> None:
-    from zoo.crops import UnsupportedPipeline, fast_loader
+    from zoo.crops import UnsupportedPipeline, chunk_loader
     from zoo.evaluate import build_dataset
 
     cfg = _config("res50-256x192", False, crowded_root)
     extra = copy.deepcopy(cfg)
     extra.test_dataloader.dataset.pipeline.insert(1, {"type": "RandomFlip", "prob": 0.0})
     with pytest.raises(UnsupportedPipeline, match="LoadImage -> RandomFlip -> GetBBoxCenterScale"):
-        fast_loader(build_dataset(extra), [0], batch_size=1)
-    packs_more = copy.deepcopy(cfg)
-    packs_more.test_dataloader.dataset.pipeline[-1]["pack_transformed"] = True
-    with pytest.raises(UnsupportedPipeline, match="pack_transformed"):
-        fast_loader(build_dataset(packs_more), [0], batch_size=1)
+        chunk_loader(build_dataset(extra), [0])
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("row_id", ["res50-256x192", "cspnext-m-udp-256x192"])
 def test_model_predictions_identical(row_id: str, crowded_root: Path) -> None:
-    """model.test_step on the fast batches == on mmpose's DataLoader batches (seeded random weights
-    with a non-flat heatmap layer, so UDP's refinement has something to refine)."""
+    """zoo's pass (chunks, HeatmapModel, zoo.decode) == model.test_step on mmpose's DataLoader
+    batches, bitwise (seeded random weights with a non-flat heatmap layer, so UDP has something to
+    refine)."""
     from mmengine.dataset import pseudo_collate
     from torch.utils.data import DataLoader, Subset
 
-    from zoo.crops import fast_loader
-    from zoo.evaluate import build_dataset, build_model
+    from zoo.evaluate import build_dataset, build_model, instances_of
+    from zoo.inference import Decoder, HeatmapModel, RowPass, run_pass
+    from zoo.metrics import Instances
     from zoo.randweights import random_state_dict
 
     cfg = _config(row_id, False, crowded_root)
     ds = build_dataset(cfg)
     model = build_model(cfg, "cpu", random_state_dict(cfg, seed=0))
-    indices = list(range(min(len(ds), 4)))
+    indices = list(range(min(len(ds), 6)))
     reference = DataLoader(Subset(ds, indices), batch_size=2, collate_fn=pseudo_collate)
-    compared = 0
     with torch.no_grad():
-        for ref_batch, fast_batch in zip(reference, fast_loader(ds, indices, batch_size=2), strict=True):
-            for want, got in zip(model.test_step(ref_batch), model.test_step(fast_batch), strict=True):
-                assert got.id == want.id
-                for field in ("keypoints", "keypoint_scores", "bboxes", "bbox_scores"):
-                    _assert_same(
-                        want.pred_instances.get(field), got.pred_instances.get(field), f"{got.id} {field}"
-                    )
-                compared += 1
-    assert compared == len(indices)
+        want = Instances.concat([instances_of(model.test_step(batch)) for batch in reference])
+    heatmap_model = HeatmapModel(model, ds.metainfo["flip_indices"])
+    row = RowPass("row", heatmap_model, Decoder(heatmap_model.codec, "row"), batch_size=2)
+    got, _ = run_pass(ds, indices, [row], device="cpu", workers=0, progress=False)
+    for name in ("sample_id", "image_id", "keypoints", "keypoint_scores", "bbox_score", "area"):
+        assert _same(getattr(got["row"], name), getattr(want, name)), name

@@ -13,9 +13,9 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_crop_digest_sees_one_pixel_and_one_field(synth_root: Path) -> None:
-    """The benchmark's identity check can fail: a changed pixel or sample field changes the digest."""
-    from benchmarks.data_speed import crop_digest
-    from zoo.crops import fast_loader
+    """The benchmark's identity check can fail: a changed pixel or box field changes the digest,
+    and mmpose's sample and zoo's chunk give the same digest for the same box."""
+    from benchmarks.data_speed import _boxes, _per_box, crop_digest
     from zoo.data import dataset_paths, load_registry
     from zoo.evaluate import build_dataset, load_config
     from zoo.manifest import load_manifests
@@ -23,16 +23,16 @@ def test_crop_digest_sees_one_pixel_and_one_field(synth_root: Path) -> None:
     manifests = ROOT / "manifests"
     row = load_manifests(manifests).row("res50-256x192")
     ds = build_dataset(load_config(row, dataset_paths(load_registry(manifests).get(row.dataset), synth_root)))
-    batch = next(iter(fast_loader(ds, [0], batch_size=1)))
-    inputs, sample = batch["inputs"][0], batch["data_samples"][0]
-    digest = crop_digest(inputs, sample)
-    assert crop_digest(inputs.clone(), sample.clone()) == digest
-    changed = inputs.clone()
+    crop, fields = next(iter(_per_box("fast", next(iter(_boxes("fast", ds, [0], 1, 0))))))
+    digest = crop_digest(crop, fields)
+    assert (
+        crop_digest(*next(iter(_per_box("reference", next(iter(_boxes("reference", ds, [0], 1, 0)))))))
+        == digest
+    )
+    changed = crop.clone()
     changed[0, 0, 0] ^= 1
-    assert crop_digest(changed, sample) != digest
-    moved = sample.clone()
-    moved.set_metainfo({"input_center": sample.input_center + 1e-3})
-    assert crop_digest(inputs, moved) != digest
+    assert crop_digest(changed, fields) != digest
+    assert crop_digest(crop, {**fields, "center": fields["center"] + 1e-3}) != digest
 
 
 @pytest.mark.slow

@@ -69,14 +69,33 @@ def test_every_row_runs_end_to_end(row_id: str, local_zoo, data_roots, tmp_path:
     assert len({p["image_id"] for p in preds}) <= 2
 
 
+def _fast_instances(cfg, state, ds, *, batch_size: int | None = None, model=None):
+    """The fast path's per-box instances for every sample of `ds` (one row alone in a pass)."""
+    from zoo.evaluate import build_model
+    from zoo.inference import Decoder, HeatmapModel, RowPass, run_pass
+
+    model = HeatmapModel(model or build_model(cfg, "cpu", state), ds.metainfo["flip_indices"])
+    row = RowPass("row", model, Decoder(model.codec, "row"), batch_size or cfg.test_dataloader.batch_size)
+    out, _ = run_pass(ds, list(range(len(ds))), [row], device="cpu", workers=0, progress=False)
+    return out["row"], row
+
+
+def _same_instances(a, b) -> None:
+    """Bitwise equal per-box predictions (any order: compared by sample id)."""
+    a, b = a.take(np.argsort(a.sample_id)), b.take(np.argsort(b.sample_id))
+    for name in ("sample_id", "image_id", "keypoints", "keypoint_scores", "bbox_score", "area"):
+        x, y = getattr(a, name), getattr(b, name)
+        assert x.dtype == y.dtype and x.shape == y.shape and x.tobytes() == y.tobytes(), name
+
+
 @pytest.mark.parametrize(
     "row_id", ["hrnet-w32-dark-256x192", "cspnext-m-udp-256x192", "vipnas-res50-256x192"]
 )
 def test_matches_mmpose_runner(row_id: str, local_zoo, data_roots, tmp_path: Path) -> None:
-    """Same predictions (<= 1e-4 px) and the same whole-body metrics as mmpose's own test loop."""
+    """Bitwise the per-box predictions and exactly the whole-body metrics of mmpose's own test loop."""
     from zoo import fetch
     from zoo.data import dataset_paths, load_boxes, load_registry
-    from zoo.evaluate import build_dataset, build_model, infer, load_config, reference_run, run_row
+    from zoo.evaluate import build_dataset, load_config, reference_run, run_row
 
     manifests = load_manifests(local_zoo(row_id))
     row = manifests.row(row_id)
@@ -87,26 +106,45 @@ def test_matches_mmpose_runner(row_id: str, local_zoo, data_roots, tmp_path: Pat
     cfg = load_config(row, paths, load_boxes(row.boxes, paths), workers=0)
     ckpt = fetch.fetch_row(row, lock=fetch.ChecksumLock(manifests.dir / "checkpoints.lock"), cache=opts.cache)
     state = fetch.load_checkpoint(ckpt, cache=opts.cache)
-    ref_pairs, ref_scores = reference_run(cfg, state, tmp_path / "ref")
-    ds = build_dataset(cfg)
-    ours, _ = infer(
-        build_model(cfg, "cpu", state),
-        ds,
-        range(len(ds)),
-        batch_size=cfg.test_dataloader.batch_size,
-        workers=0,
-        device="cpu",
-        progress=False,
-    )
-    ref = dict(ref_pairs)
-    assert sorted(ref) == sorted(i for i, _ in ours) and ref
-    for sample_id, inst in ours:
-        assert np.abs(inst.keypoints - ref[sample_id].keypoints).max() <= 1e-4
-        assert np.abs(inst.keypoint_scores - ref[sample_id].keypoint_scores).max() <= 1e-6
+    ref, ref_scores = reference_run(cfg, state, tmp_path / "ref")
+    ours, _ = _fast_instances(cfg, state, build_dataset(cfg))
+    assert len(ref) == len(ours) > 0
+    _same_instances(ours, ref)
     whole = record["metrics"]["wholebody"]
-    assert whole["AP"] == pytest.approx(ref_scores["coco-wholebody/AP"], abs=1e-12)
-    assert whole["AR"] == pytest.approx(ref_scores["coco-wholebody/AR"], abs=1e-12)
-    assert whole["AP50"] == pytest.approx(ref_scores["coco-wholebody/AP .5"], abs=1e-12)
+    assert whole["AP"] == ref_scores["coco-wholebody/AP"]
+    assert whole["AR"] == ref_scores["coco-wholebody/AR"]
+    assert whole["AP50"] == ref_scores["coco-wholebody/AP .5"]
+
+
+def test_table_mode_equals_each_row_alone(local_zoo, data_roots, tmp_path: Path) -> None:
+    """Rows with the same crops share one pass; each row's predictions are byte-identical to running
+    it alone and its record differs only in the volatile fields (clocks, command, the shared pass)."""
+    from zoo.evaluate import run_rows
+    from zoo.results import comparable
+
+    rows = ("res50-256x192", "vipnas-res50-dark-256x192", "hrnet-w32-256x192", "cspnext-m-udp-256x192")
+    manifests = load_manifests(local_zoo(*rows))
+    table = run_rows(
+        manifests.rows, manifests, _opts(tmp_path / "table", data_roots["coco-wholebody-v1.0-val"])
+    )
+    by_id = {r["row_id"]: r for r in table}
+    assert set(by_id) == set(rows) and all(r["status"] == "ok" for r in table)
+    assert sorted(by_id["res50-256x192"]["inference"]["shared_pass"]) == sorted(rows[1:3])
+    assert by_id["cspnext-m-udp-256x192"]["inference"]["shared_pass"] == []  # UDP crops and GT boxes: its own
+    for row_id in rows:
+        (alone,) = run_rows(
+            [manifests.row(row_id)],
+            manifests,
+            _opts(tmp_path / row_id, data_roots["coco-wholebody-v1.0-val"]),
+        )
+        table_dir, alone_dir = tmp_path / "table" / "runs" / row_id, tmp_path / row_id / "runs" / row_id
+        assert (table_dir / "predictions.json.gz").read_bytes() == (
+            alone_dir / "predictions.json.gz"
+        ).read_bytes()
+        table_record, alone_record = (
+            json.loads((d / "result.json").read_text()) for d in (table_dir, alone_dir)
+        )
+        assert comparable(table_record) == comparable(alone_record), row_id
 
 
 def test_resume_skips_finished_rows_and_reuses_predictions(local_zoo, data_roots, tmp_path: Path) -> None:
@@ -146,54 +184,94 @@ def _wait_for(proc: subprocess.Popen, condition, timeout: float = 300) -> None:
         time.sleep(0.05)
 
 
-def test_sigkill_mid_row_and_between_rows(local_zoo, data_roots, tmp_path: Path) -> None:
+@pytest.fixture(scope="module")
+def busy_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """10 images with ~5 detector boxes each: a run of a few dozen batches, long enough to kill."""
+    from zoo.data import SynthSpec, synthesize
+
+    return synthesize(
+        tmp_path_factory.mktemp("busy"), n_images=10, seed=4, spec=SynthSpec(fp_per_image=3)
+    ).root
+
+
+def test_sigkill_at_random_points_resumes_to_identical_predictions(
+    local_zoo, busy_root, tmp_path: Path
+) -> None:
+    """Two rows sharing a pass, killed at random moments (imports, model build, mid-pass, while
+    writing), rerun each time: every file on disk is always whole, the rerun resumes from the last
+    checkpointed chunk, and the final predictions are byte-identical to an uninterrupted run."""
+    import random
+
     rows = ("res50-256x192", "vipnas-res50-256x192")
     mdir = local_zoo(*rows)
+
+    def args(out: Path) -> list[str]:
+        return [
+            "run", *rows, "--manifests", str(mdir), "--data-root", str(busy_root), "--out", str(out),
+            "--cache", str(tmp_path / "cache"), "--workers", "0", "--no-progress", "--batch-size", "2",
+            "--checkpoint-every", "0",
+        ]  # fmt: skip
+
+    reference = subprocess.run(
+        [sys.executable, "-m", "zoo", *args(tmp_path / "ref")],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+    assert reference.returncode == 0, reference.stderr[-3000:]
     runs = tmp_path / "runs"
-    args = [
-        "run",
-        *rows,
-        "--manifests",
-        str(mdir),
-        "--data-root",
-        str(data_roots["coco-wholebody-v1.0-val"]),
-        "--out",
-        str(runs),
-        "--cache",
-        str(tmp_path / "cache"),
-        "--workers",
-        "0",
-        "--no-progress",
-    ]
-
-    # killed between rows: the first row's record exists, the second row has not finished
-    proc = _zoo(*args)
-    _wait_for(proc, lambda: (runs / rows[0] / "result.json").exists())
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    _assert_whole_files(runs)
-    first = json.loads((runs / rows[0] / "result.json").read_text())
-    assert not (runs / rows[1] / "result.json").exists()
-
-    # killed mid-row (while the second row builds its dataset/model)
-    proc = _zoo(*args, env={**os.environ, "PYTHONUNBUFFERED": "1"})
-    out = proc.stdout
-    line = out.readline()  # first row is reported as up to date before the second one starts
-    assert line.startswith(rows[0]), line
-    time.sleep(1.0)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    _assert_whole_files(runs)
-    assert not (runs / rows[1] / "result.json").exists()
-
-    proc = _zoo(*args)
-    stdout, stderr = proc.communicate(timeout=600)
+    rng = random.Random(20261204)
+    for kill_after in sorted(rng.uniform(3.0, 25.0) for _ in range(4)):
+        proc = _zoo(*args(runs))
+        try:
+            _, stderr = proc.communicate(timeout=kill_after)
+        except subprocess.TimeoutExpired:
+            proc.send_signal(signal.SIGKILL)
+            proc.communicate()
+            _assert_whole_files(runs)
+        else:
+            pytest.fail(f"finished before its kill at {kill_after:.1f} s: make the rows longer")
+    proc = _zoo(*args(runs))
+    _, stderr = proc.communicate(timeout=900)
     assert proc.returncode == 0, stderr[-3000:]
-    assert f"{rows[0]}: up to date" in stderr
-    assert json.loads((runs / rows[0] / "result.json").read_text())["finished"] == first["finished"]
-    second = json.loads((runs / rows[1] / "result.json").read_text())
-    assert second["status"] == "ok"
+    chunks_used = _checkpointed_resumes(stderr)
+    for row_id in rows:
+        ours = (runs / row_id / "predictions.json.gz").read_bytes()
+        assert ours == (tmp_path / "ref" / row_id / "predictions.json.gz").read_bytes(), row_id
+        record = json.loads((runs / row_id / "result.json").read_text())
+        want = json.loads((tmp_path / "ref" / row_id / "result.json").read_text())
+        assert record["metrics"] == want["metrics"]
+        assert not list((runs / row_id).glob("partial-*")), "chunks are removed once the predictions exist"
+    assert chunks_used, "the last rerun must have resumed from checkpointed chunks"
+
+
+def _checkpointed_resumes(stderr: str) -> list[str]:
+    return [line for line in stderr.splitlines() if "resuming at box" in line]
+
+
+def test_killed_mid_pass_resumes_at_its_last_chunk(local_zoo, busy_root, tmp_path: Path) -> None:
+    """Killed once chunks exist: the rerun says where it resumes and does not redo those boxes."""
+    rows = ("res50-256x192",)
+    mdir = local_zoo(*rows)
+    runs = tmp_path / "runs"
+    common = [
+        "run", *rows, "--manifests", str(mdir), "--data-root", str(busy_root), "--out", str(runs),
+        "--cache", str(tmp_path / "cache"), "--workers", "0", "--no-progress", "--batch-size", "2",
+        "--checkpoint-every", "0",
+    ]  # fmt: skip
+    proc = _zoo(*common)
+    _wait_for(proc, lambda: len(list((runs / rows[0]).glob("partial-*/chunk-*.npz"))) >= 3)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
     _assert_whole_files(runs)
+    proc = _zoo(*common)
+    _, stderr = proc.communicate(timeout=600)
+    assert proc.returncode == 0, stderr[-3000:]
+    (line,) = _checkpointed_resumes(stderr)
+    assert int(line.split("resuming at box ")[1].split()[0]) >= 6
+    record = json.loads((runs / rows[0] / "result.json").read_text())
+    assert record["inference"]["resumed_at"] >= 6
 
 
 def test_torchrun_two_processes_match_one(local_zoo, data_roots, tmp_path: Path) -> None:
@@ -247,7 +325,7 @@ def test_cuda_oom_halves_batch_and_keeps_results(local_zoo, data_roots) -> None:
     import torch
 
     from zoo.data import dataset_paths, load_registry
-    from zoo.evaluate import build_dataset, build_model, infer, load_config
+    from zoo.evaluate import build_dataset, build_model, load_config
 
     manifests = load_manifests(ROOT / "manifests")
     row = manifests.row("vipnas-res50-256x192")
@@ -256,20 +334,20 @@ def test_cuda_oom_halves_batch_and_keeps_results(local_zoo, data_roots) -> None:
     torch.manual_seed(0)
     model = build_model(cfg, "cpu", None)
     ds = build_dataset(cfg)
-    baseline, _ = infer(model, ds, range(len(ds)), batch_size=8, workers=0, device="cpu", progress=False)
-    real_step = model.test_step
+    baseline, _ = _fast_instances(cfg, None, ds, batch_size=8, model=model)
+    real_forward = model.extract_feat
 
-    def tight_memory(batch):
-        if len(batch["inputs"]) > 2:
+    def tight_memory(x):
+        if len(x) > 2:
             raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
-        return real_step(batch)
+        return real_forward(x)
 
-    model.test_step = tight_memory
-    pairs, stats = infer(model, ds, range(len(ds)), batch_size=8, workers=0, device="cpu", progress=False)
-    assert stats.batch_size == 2 and len(stats.oom_retries) == 2
-    assert [i for i, _ in pairs] == [i for i, _ in baseline]
-    for (_, a), (_, b) in zip(pairs, baseline, strict=False):
-        np.testing.assert_allclose(a.keypoints, b.keypoints, atol=1e-4)
+    model.extract_feat = tight_memory
+    instances, row_pass = _fast_instances(cfg, None, ds, batch_size=8, model=model)
+    assert len(ds) > 2 and row_pass.batch_size == 2
+    assert row_pass.oom_retries and all("CUDA OOM at batch size" in r for r in row_pass.oom_retries)
+    assert instances.sample_id.tolist() == baseline.sample_id.tolist()
+    np.testing.assert_allclose(instances.keypoints, baseline.keypoints, atol=1e-4)
 
 
 def test_reference_paths_give_identical_results(local_zoo, data_roots, tmp_path: Path) -> None:

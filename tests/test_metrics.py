@@ -202,8 +202,8 @@ def test_empty_sides(what):
     assert _parts_only(result) == expected
     assert result["hand"]["AP"] == (-1.0 if what == "no ground truth" else 0.0)
     if what == "no predictions":  # nothing to post-process either
-        assert metrics.rescore_and_nms([]) == []
-        assert metrics.evaluate(metrics.postprocess([]), gt) == result
+        assert metrics.rescore_and_nms(metrics.Instances.empty()) == []
+        assert metrics.evaluate(metrics.postprocess(metrics.Instances.empty()), gt) == result
 
 
 def test_files_gzip_and_arrays_give_the_same_numbers(tmp_path):
@@ -416,16 +416,13 @@ def test_postprocess_and_wholebody_equal_mmpose_metric(tmp_path, seed):
         mm = metric.evaluate(len(samples))
     mm_records = json.loads((tmp_path / "mm.keypoints.json").read_text())
 
-    instances = [
-        metrics.PoseInstance(
-            s["img_id"],
-            s["pred_instances"]["keypoints"][0],
-            s["pred_instances"]["keypoint_scores"][0],
-            s["gt_instances"]["bbox_scores"][0],
-            np.prod(s["gt_instances"]["bbox_scales"], axis=1)[0],
-        )
-        for s in samples
-    ]
+    instances = metrics.Instances.stack(
+        [s["img_id"] for s in samples],
+        [s["pred_instances"]["keypoints"][0] for s in samples],
+        [s["pred_instances"]["keypoint_scores"][0] for s in samples],
+        [s["gt_instances"]["bbox_scores"][0] for s in samples],
+        [np.prod(s["gt_instances"]["bbox_scales"], axis=1)[0] for s in samples],
+    )
     records = metrics.rescore_and_nms(instances)
     assert records == mm_records  # same records, same order, same floats
     assert len(records) < len(samples)  # NMS did remove something
@@ -477,20 +474,20 @@ def test_nms_body_bound_never_skips_a_suppression():
     sigmas = metrics.dataset_sigmas()
     base = (np.random.default_rng(5).random((metrics.NUM_KEYPOINTS, 2)) * 100).astype(np.float32)
     area = np.float32(5000.0)
-    instances, db = [], []
+    rows, db = [], []
     for i, shift in enumerate([0.0, 6.0, 10.0, 400.0]):  # OKS to the first: 1, 0.945, 0.915, 0.87
         xy = base.copy()
         xy[:17] += shift  # only the body moves
         scores = np.full(metrics.NUM_KEYPOINTS, 0.9, dtype=np.float32)
         bbox = np.float32(1.0 - 0.1 * i)
-        instances.append(metrics.PoseInstance(1, xy, scores, bbox, area))
+        rows.append((1, xy, scores, bbox, area))
         db.append({"keypoints": np.concatenate([xy, scores[:, None]], -1), "score": bbox * 0.9, "area": area})
     full = np.stack([d["keypoints"] for d in db])
     oks = metrics._nms_pair_oks(
         full[..., :2], np.float32, np.full(4, area), np.zeros(3, int), np.arange(1, 4), sigmas
     )
     assert 0.9 < oks[1] < oks[0] < 0.95 and oks[2] < 0.9
-    kept = metrics.postprocess(instances)
+    kept = metrics.postprocess(metrics.Instances.stack(*zip(*rows, strict=True)))
     expected = [int(k) for k in oks_nms(db, 0.9, sigmas=sigmas)]
     assert (
         [int(np.nonzero((full == kp).all(axis=(1, 2)))[0][0]) for kp in kept.keypoints] == expected == [0, 3]

@@ -6,14 +6,19 @@ Why each exists (facts in the README's "Stack fixes" section):
 - pkg_resources: mmengine imports it at run time; setuptools>=81 removed it.
 - checkpoints: torch>=2.6 unpickles with weights_only=True; OpenMMLab checkpoints carry numpy
   objects in `meta`, so loading needs an explicit allow-list instead of turning weights_only off.
+- start-up: mmdet imports `transformers` (for its language models, inside try/except ImportError)
+  whenever its model registry loads, which CSPNeXt's backbone needs; where transformers is installed
+  that import costs ~10 s (it TorchScript-compiles at import). `import_models` loads the registries'
+  packages with such unneeded packages kept out, so start-up does not depend on what else is installed.
 """
 
 from __future__ import annotations
 
 import contextlib
 import importlib
+import sys
 import warnings
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 
 from zoo.errors import StackError
 
@@ -75,6 +80,34 @@ def apply() -> None:
     _check_pkg_resources()
     _import_torchvision()
     _applied = True
+
+
+# Imported by OpenMMLab model packages only for models the harness never builds, and only inside
+# try/except ImportError (mmdet.models.language_models, mmdet.models.utils.vlfuse_helper, ...).
+UNNEEDED_PACKAGES = ("transformers",)
+
+
+@contextlib.contextmanager
+def _without(packages: Iterable[str]) -> Iterator[None]:
+    """`import X` raises ImportError inside the block for each X not imported yet; restored after."""
+    blocked = [name for name in packages if name not in sys.modules]
+    for name in blocked:
+        sys.modules[name] = None  # the import system's "not importable" marker
+    try:
+        yield
+    finally:
+        for name in blocked:
+            if name in sys.modules and sys.modules[name] is None:
+                del sys.modules[name]
+
+
+def import_models(scopes: Iterable[str]) -> None:
+    """Load the model registries of `scopes` (`mmpose`, `mmdet`: what a config's `_scope_`s name)
+    without the packages they import only for models the harness never builds."""
+    apply()
+    with _without(UNNEEDED_PACKAGES):
+        for scope in dict.fromkeys(scopes):
+            importlib.import_module(f"{scope}.models")
 
 
 def checkpoint_allowed_globals() -> list:

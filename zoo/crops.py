@@ -12,21 +12,19 @@ the schedule:
   (computed for the whole run at once; UDP and rotated boxes call mmpose's own functions), and its
   crop from `cv2.warpAffine(..., INTER_LINEAR)` with cv2's default constant-zero border, as
   TopdownAffine does;
-- the crop and a PoseDataSample are packed with the config's PackPoseInputs meta keys and instance
-  table, so `inputs` is the CHW tensor of the same dtype and every metainfo/gt field is equal;
-- the items are re-cut in the main process into batches of exactly `batch_size` samples in the
-  caller's order, so each batch holds the same samples as mmpose's DataLoader batch would.
+- instead of a PoseDataSample per box (whose metainfo the model's data preprocessor deep-copies,
+  thousands of copies per box), an item carries what the model and mmpose's metric read from one:
+  the (n, C, H, W) crops laid out as PackPoseInputs lays them out, and per box the sample and image
+  ids, the box center and scale after TopdownAffine, and the bbox score, in the dtypes mmpose has.
 
-tests/test_crops.py proves byte identity against mmpose's pipeline on the synthetic set, and that
-`model.test_step` gives identical predictions; benchmarks/data_speed.py measures the gain. A
-pipeline this module cannot reproduce exactly raises `UnsupportedPipeline` rather than guessing.
+tests/test_crops.py proves byte identity against mmpose's pipeline (`dataset[i]`) on the synthetic
+set; benchmarks/data_speed.py measures the gain. A pipeline this module cannot reproduce exactly
+raises `UnsupportedPipeline` rather than guessing.
 """
 
 from __future__ import annotations
 
-import copy
-import math
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -39,23 +37,16 @@ from zoo.errors import ZooError
 
 # Transforms of the top-down test pipeline, in order; anything else is not reproduced here.
 _PIPELINE = ("LoadImage", "GetBBoxCenterScale", "TopdownAffine", "PackPoseInputs")
-# Keys that would change what the pipeline does or packs, beyond the boxes of a test set.
-_CHANGING_KEYS = frozenset(
-    {
-        "img",
-        "bbox_center",
-        "bbox_scale",
-        "instance_mapping_table",
-        "label_mapping_table",
-        "field_mapping_table",
-    }
-)
-# In mmpose's results dict but not built here, so a PackPoseInputs that packs them is not reproduced.
-_NOT_BUILT = frozenset({"img", "transformed_keypoints", "dataset"})
+# Data-info keys that would change the crop or the box geometry (a pre-loaded image, a given center/scale).
+_CHANGING_KEYS = frozenset({"img", "bbox_center", "bbox_scale"})
 
 
 class UnsupportedPipeline(ZooError):
     """The config's test pipeline differs from the top-down one this module reproduces exactly."""
+
+
+class ImageError(ZooError):
+    """An image of the data set is missing or does not decode; the message names the file."""
 
 
 def _stack() -> None:
@@ -72,9 +63,6 @@ class CropRecipe:
     padding: float  # GetBBoxCenterScale
     input_size: tuple[int, int]  # TopdownAffine (w, h)
     use_udp: bool
-    meta_keys: tuple[str, ...]  # PackPoseInputs
-    instance_keys: tuple[tuple[str, str], ...]  # (results key, gt_instances field)
-    unsupported_keys: frozenset[str]  # data-info keys that would make PackPoseInputs pack more
 
     @classmethod
     def from_pipeline(cls, transforms: Sequence[Any]) -> CropRecipe:
@@ -84,44 +72,13 @@ class CropRecipe:
                 f"test pipeline {' -> '.join(names)}: the fast data path reproduces only "
                 f"{' -> '.join(_PIPELINE)} (use the reference path)"
             )
-        load, center_scale, affine, pack = transforms
-        if pack.pack_transformed:
-            raise UnsupportedPipeline("test pipeline PackPoseInputs(pack_transformed=True) is not reproduced")
-        packed = _NOT_BUILT.intersection([*pack.meta_keys, *pack.instance_mapping_table])
-        if packed:
-            raise UnsupportedPipeline(
-                f"test pipeline PackPoseInputs packs {sorted(packed)[0]}, which is not reproduced"
-            )
+        load, center_scale, affine, _ = transforms
         w, h = affine.input_size
-        return cls(
-            load=load,
-            padding=center_scale.padding,
-            input_size=(w, h),
-            use_udp=bool(affine.use_udp),
-            meta_keys=tuple(pack.meta_keys),
-            instance_keys=tuple(pack.instance_mapping_table.items()),
-            unsupported_keys=_CHANGING_KEYS | set(pack.label_mapping_table) | set(pack.field_mapping_table),
-        )
+        return cls(load=load, padding=center_scale.padding, input_size=(w, h), use_udp=bool(affine.use_udp))
 
-
-def _detached(value: Any) -> Any:
-    """A deep copy of a metainfo value, as PoseDataSample.set_metainfo makes, without deepcopy's cost
-    for the values a top-down sample carries: immutables as they are, plain arrays copied."""
-    if isinstance(value, (str, int, float, type(None))):
-        return value
-    if isinstance(value, tuple) and all(isinstance(v, (str, int, float)) for v in value):
-        return value
-    if isinstance(value, np.ndarray) and value.dtype != object:
-        return value.copy()
-    return copy.deepcopy(value)
-
-
-def _copier(value: Any) -> Callable[[Any], Any]:
-    """How to detach a value shared by every sample: decided once, since flip_indices (a list of 133
-    ints) is copied for every box."""
-    if isinstance(value, list) and all(type(v) is int for v in value):
-        return list
-    return _detached
+    def key(self) -> tuple[Any, ...]:
+        """What decides the crops: rows whose datasets and recipes agree share one data pass."""
+        return (repr(self.load), self.padding, self.input_size, self.use_udp)
 
 
 def _fix_aspect_ratio(scale: np.ndarray, aspect_ratio: float) -> np.ndarray:
@@ -184,7 +141,7 @@ def _warp_all(img: np.ndarray, matrices: list[np.ndarray], size: tuple[int, int]
 
 class CropDataset(Dataset):
     """Items are runs of consecutive samples (of `indices`) that share one image, at most
-    `max_crops` long; each item decodes its image once and returns all of its crops."""
+    `max_crops` long; each item decodes its image once and returns all of its crops (`__getitem__`)."""
 
     def __init__(self, dataset: Any, indices: Sequence[int], max_crops: int = 64) -> None:
         _stack()
@@ -195,61 +152,52 @@ class CropDataset(Dataset):
             raise ValueError(f"max_crops must be positive, got {max_crops}")
         self.dataset = dataset
         self.recipe = CropRecipe.from_pipeline(dataset.pipeline.transforms)
-        # mmpose's get_data_info = the stored sample + deep copies of the dataset metainfo. The
-        # metainfo is the same for every sample, so it is read once and detached per packed field
-        # (as set_metainfo's deep copy would); a dataset that adds anything else is asked per sample.
+        # mmpose's get_data_info = the stored sample + deep copies of the dataset metainfo, which no
+        # crop or box field reads: the stored sample alone is read unless the class adds to it.
         plain = type(dataset).get_data_info is BaseCocoStyleDataset.get_data_info
-        self._raw = BaseDataset.get_data_info if plain else None
-        self._shared: dict[str, Any] = {}
-        if self._raw is not None and len(indices):
-            full, raw = dataset.get_data_info(indices[0]), self._raw(dataset, indices[0])
-            self._shared = {k: v for k, v in full.items() if k not in raw}
-        self._copiers = {k: _copier(v) for k, v in self._shared.items()}
+        self._info = (lambda i: BaseDataset.get_data_info(dataset, i)) if plain else dataset.get_data_info
         self.chunks: list[list[int]] = []
         last_path = None
         for i in indices:
-            path = (self._raw or type(dataset).get_data_info)(dataset, i)["img_path"]
+            path = self._info(i)["img_path"]
             if path != last_path or len(self.chunks[-1]) == max_crops:
                 self.chunks.append([])
             self.chunks[-1].append(int(i))
             last_path = path
 
-    def _info(self, i: int) -> dict[str, Any]:
-        if self._raw is None:
-            return self.dataset.get_data_info(i)
-        info = self._raw(self.dataset, i)
-        info.update(self._shared)
-        return info
-
     def __len__(self) -> int:
         return len(self.chunks)
 
     def __getitem__(self, k: int) -> dict[str, Any]:
-        """{'inputs': (n, C, H, W) tensor, 'data_samples': n PoseDataSamples} for chunk k."""
+        """Chunk k: `crops` (n, C, H, W) tensor (PackPoseInputs' layout and dtype) and per box
+        `sample_id`, `image_id`, `center`, `scale` (TopdownAffine's input_center/input_scale, also
+        bbox_center/bbox_scale) and `bbox_score`, as numpy arrays in mmpose's dtypes; or `error`
+        naming the image when it cannot be read (a worker's exception would arrive as a traceback)."""
         r = self.recipe
         infos = [self._info(i) for i in self.chunks[k]]
-        image = r.load({"img_path": infos[0]["img_path"]})  # LoadImage: img, img_shape, ori_shape
-        img = image["img"]
-        w, h = r.input_size
         for info in infos:
-            clash = r.unsupported_keys.intersection(info)
+            clash = _CHANGING_KEYS.intersection(info)
             if clash:
                 raise UnsupportedPipeline(
                     f"sample {info.get('id')} ({info['img_path']}): field {sorted(clash)[0]} is not reproduced"
                 )
+        path = infos[0]["img_path"]
+        try:
+            img = r.load({"img_path": path})["img"]  # LoadImage, as the pipeline decodes
+        except Exception as exc:  # noqa: BLE001 - reported (in the main process) as one line naming the file
+            why = "no such file" if isinstance(exc, FileNotFoundError) else "does not decode as an image"
+            return {"error": f"{path}: {why} ({type(exc).__name__})"}
         centers, scales, matrices = self._geometry(infos)
-        crops = _warp_all(img, matrices, (int(w), int(h)))
-        samples = []
-        for n, info in enumerate(infos):
-            center, scale = centers[n : n + 1].copy(), scales[n : n + 1].copy()
-            info.update(
-                img_shape=image["img_shape"], ori_shape=image["ori_shape"], bbox_center=center, bbox_scale=scale,
-                input_size=(w, h), input_center=center[0], input_scale=scale[0],
-            )  # fmt: skip
-            if info.get("keypoints") is None:  # TopdownAffine marks a keypoint-less sample this way
-                info["keypoints_visible"] = np.ones((1, 1, 1))
-            samples.append(self._pack(info))
-        return {"inputs": torch.from_numpy(crops), "data_samples": samples}
+        crops = _warp_all(img, matrices, (int(r.input_size[0]), int(r.input_size[1])))
+        return {
+            "crops": torch.from_numpy(crops),
+            "sample_id": np.array([info["id"] for info in infos], dtype=np.int64),
+            "image_id": np.array([info["img_id"] for info in infos], dtype=np.int64),
+            "center": centers,
+            "scale": scales,
+            # PackPoseInputs packs bbox_score as gt_instances.bbox_scores; a sample without one scores 1
+            "bbox_score": np.concatenate([info.get("bbox_score", np.ones(1)) for info in infos]),
+        }
 
     def _geometry(self, infos: list[dict[str, Any]]) -> tuple[np.ndarray, np.ndarray, list[np.ndarray]]:
         """GetBBoxCenterScale + TopdownAffine's box arithmetic for a run of samples, elementwise as
@@ -278,77 +226,19 @@ class CropDataset(Dataset):
             ],
         )
 
-    def _pack(self, fields: dict[str, Any]) -> Any:
-        """The PoseDataSample PackPoseInputs makes from `fields`: same gt_instances, an empty
-        gt_instance_labels, the same metainfo (detached, as set_metainfo's deep copy leaves it)."""
-        from mmengine.structures import InstanceData
-        from mmpose.structures import PoseDataSample
-
-        r = self.recipe
-        gt = InstanceData()
-        for key, name in r.instance_keys:
-            if key in fields:  # set_field: InstanceData's per-field length re-check is skipped (all length 1)
-                gt.set_field(fields[key], name)
-        sample = PoseDataSample()
-        sample.gt_instances = gt
-        sample.gt_instance_labels = InstanceData()
-        for key in r.meta_keys:
-            if key in fields:
-                sample.set_field(self._copiers.get(key, _detached)(fields[key]), key, field_type="metainfo")
-        return sample
-
 
 def _no_collate(item: dict[str, Any]) -> dict[str, Any]:
     return item
 
 
-class CropLoader:
-    """Batches of `model.test_step`'s input, dict(inputs=[CHW tensors], data_samples=[...]), of
-    exactly `batch_size` samples (the last may be smaller), in the order of `indices`."""
-
-    def __init__(
-        self,
-        dataset: Any,
-        indices: Sequence[int],
-        batch_size: int,
-        workers: int = 0,
-        pin_memory: bool = False,
-        max_crops: int = 64,
-    ) -> None:
-        if batch_size < 1:
-            raise ValueError(f"batch_size must be positive, got {batch_size}")
-        self.crops = CropDataset(dataset, indices, max_crops)
-        self.samples = len(indices)
-        self.batch_size = batch_size
-        self.workers = workers
-        self.pin_memory = pin_memory
-
-    def __len__(self) -> int:
-        return math.ceil(self.samples / self.batch_size)
-
-    def __iter__(self) -> Iterator[dict[str, list[Any]]]:
-        loader = DataLoader(
-            self.crops,
-            batch_size=None,
-            num_workers=self.workers,
-            collate_fn=_no_collate,
-            pin_memory=self.pin_memory,
-        )
-        inputs: list[torch.Tensor] = []
-        samples: list[Any] = []
-        for item in loader:
-            inputs.extend(item["inputs"].unbind(0))
-            samples.extend(item["data_samples"])
-            while len(samples) >= self.batch_size:
-                yield {"inputs": inputs[: self.batch_size], "data_samples": samples[: self.batch_size]}
-                del inputs[: self.batch_size], samples[: self.batch_size]
-        if samples:
-            yield {"inputs": inputs, "data_samples": samples}
-
-
-def fast_loader(
-    dataset: Any, indices: Sequence[int], batch_size: int, workers: int = 0, pin_memory: bool = False
-) -> CropLoader:
-    """The drop-in for `DataLoader(Subset(dataset, indices), batch_size, collate_fn=pseudo_collate)`
-    in `zoo.evaluate.infer`: same batches, same tensors and samples, each image decoded once."""
-    return CropLoader(dataset, indices, batch_size, workers=workers, pin_memory=pin_memory)
+def chunk_loader(
+    dataset: Any, indices: Sequence[int], workers: int = 0, pin_memory: bool = False, max_crops: int = 64
+) -> DataLoader:
+    """The chunks of `CropDataset(dataset, indices)` in order, decoded by `workers` processes."""
+    return DataLoader(
+        CropDataset(dataset, indices, max_crops),
+        batch_size=None,
+        num_workers=workers,
+        collate_fn=_no_collate,
+        pin_memory=pin_memory,
+    )

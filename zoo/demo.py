@@ -3,7 +3,7 @@
 What runs is the real path of a reproduction: a synthetic COCO-WholeBody data root
 (`zoo.data.synthesize`), checkpoints of real architectures saved in OpenMMLab's layout and naming and
 served from a loopback HTTP server (so download, sha256 check and weights-only loading are the real
-ones), a manifest table generated from the real one, `run_row` (mmpose inference, rescoring, OKS-NMS,
+ones), a manifest table generated from the real one, `run_rows` (mmpose inference, rescoring, OKS-NMS,
 per-part metrics), the gate, the JUnit file and the report. Only the weights are special: random
 backbones with a fitted final layer that draws the mean pose (`zoo.demo_model`, which explains why).
 
@@ -293,15 +293,11 @@ def staged_output(out: Path) -> Iterator[Path]:
 
 
 def _run_rows(manifests: Any, opts: Any) -> dict[str, dict[str, Any]]:
-    """run_row for every row; a failing row leaves an error record (the gate reports ERROR)."""
-    from zoo.evaluate import run_row, write_error_record
+    """Every row; a failing row leaves an error record (the gate reports ERROR)."""
+    from zoo.evaluate import run_rows
     from zoo.results import load_records
 
-    for row in manifests.rows:
-        try:
-            run_row(row, manifests, opts)
-        except ZooError as exc:
-            write_error_record(opts, row, str(exc))
+    run_rows(manifests.rows, manifests, opts, say=lambda text: None)
     return load_records(opts.out)
 
 

@@ -1,11 +1,11 @@
-"""Run one manifest row through mmpose: config -> model with verified weights -> predictions.
+"""Run manifest rows through mmpose: config -> model with verified weights -> predictions -> record.
 
 The numbers must be the ones mmpose's own `tools/test.py` would produce, so the model, the dataset,
 the test pipeline and the flip-test decoding are mmpose's, built from the row's packaged config.
 What this module adds is what a harness needs around them: the data root and box source swapped in
-without editing the config, weights loaded only from the verified cache (weights_only=True),
-batching that backs off on CUDA OOM, process-level sharding (torchrun/Slurm through mmengine), and
-the per-instance outputs mmpose's metric consumes (`zoo.metrics.PoseInstance`).
+without editing the config, weights loaded only from the verified cache (weights_only=True), one
+pass over the data for every row whose crops are the same (`zoo.inference`), checkpointed chunks
+and a lock per row, process-level sharding (torchrun/Slurm through mmengine), and the record.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ import math
 import os
 import sys
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -26,8 +26,9 @@ import numpy as np
 
 from zoo.data import DataPaths, PersonBoxes
 from zoo.errors import InputError, ZooError
+from zoo.inference import Numerics
 from zoo.manifest import Row
-from zoo.metrics import PoseInstance
+from zoo.metrics import Instances
 
 log = logging.getLogger(__name__)
 
@@ -135,17 +136,43 @@ def resolve_device(spec: str = "auto") -> str:
     raise InputError(f"--device {spec}: expected auto, cpu, cuda or cuda:N")
 
 
-def build_model(cfg: Any, device: str, state_dict: dict[str, Any] | None) -> Any:
-    """mmpose's `init_model` (SyncBN reverted, dataset meta from the config) + our verified weights.
+def _scopes(cfg: Any) -> list[str]:
+    """The registry scopes a config builds from: its default scope and every `_scope_` inside."""
+    found = [cfg.get("default_scope", "mmpose")]
 
+    def walk(node: Any) -> None:
+        if isinstance(node, dict):
+            if isinstance(node.get("_scope_"), str):
+                found.append(node["_scope_"])
+            for value in node.values():
+                walk(value)
+        elif isinstance(node, (list, tuple)):
+            for value in node:
+                walk(value)
+
+    walk(cfg.to_dict() if hasattr(cfg, "to_dict") else cfg)
+    return found
+
+
+def build_model(cfg: Any, device: str, state_dict: dict[str, Any] | None) -> Any:
+    """The model mmpose's `init_model` and mmengine's Runner build (the config's `model` through the
+    registry, SyncBN reverted) with our verified weights.
+
+    Built from the registry directly rather than through `mmpose.apis`, whose import pulls in
+    inferencers, visualisers and mmdet's APIs that a test run never uses (seconds of start-up).
     Weights are applied with torch's `load_state_dict`, which runs mmpose's pre-hook that maps 0.x
     names (keypoint_head.* -> head.*). A missing parameter is an error: evaluating a partly random
     model would produce a plausible-looking but meaningless number.
     """
-    _stack()
-    from mmpose.apis import init_model
+    from zoo import compat
 
-    model = init_model(copy.deepcopy(cfg), checkpoint=None, device="cpu")
+    compat.import_models(_scopes(cfg))
+    from mmengine.model.utils import revert_sync_batchnorm
+    from mmengine.registry import init_default_scope
+    from mmpose.registry import MODELS
+
+    init_default_scope(cfg.get("default_scope", "mmpose"))
+    model = revert_sync_batchnorm(MODELS.build(copy.deepcopy(cfg.model)))
     if state_dict is not None:
         load_weights(model, state_dict, cfg.filename)
     return model.to(device).eval()
@@ -163,21 +190,6 @@ def load_weights(model: Any, checkpoint: dict[str, Any], config_name: str) -> No
         )
     if unexpected:
         log.warning("checkpoint has %d unused keys (first: %s)", len(unexpected), ", ".join(unexpected[:3]))
-
-
-@dataclass
-class InferenceStats:
-    """What the record reports about the inference itself."""
-
-    crops: int = 0
-    seconds: float = 0.0
-    batch_size: int = 0
-    data_path: str = "fast"  # "fast" (zoo.crops) or "reference" (mmpose's per-box pipeline)
-    oom_retries: list[str] = field(default_factory=list)
-
-    @property
-    def crops_per_s(self) -> float:
-        return self.crops / self.seconds if self.seconds > 0 else math.nan
 
 
 def build_dataset(cfg: Any) -> Any:
@@ -209,18 +221,13 @@ def subset_indices(dataset: Any, images: int | None) -> list[int]:
     return keep
 
 
-def _is_oom(exc: BaseException) -> bool:
-    import torch
-
-    return isinstance(exc, torch.cuda.OutOfMemoryError) or "out of memory" in str(exc).lower()
-
-
-def _to_instances(samples: Sequence[Any]) -> Iterator[tuple[int, PoseInstance]]:
-    """(sample id, PoseInstance) with the dtypes mmpose's CocoMetric.process keeps."""
+def instances_of(samples: Sequence[Any]) -> Instances:
+    """The Instances of `model.test_step` outputs (PoseDataSamples or DumpResults' dicts), with the
+    dtypes mmpose's CocoMetric.process keeps."""
+    rows = []
     for s in samples:
         pred, gt = s.pred_instances, s.gt_instances
         keypoints = np.asarray(pred.keypoints)
-        scores = np.asarray(pred.keypoint_scores)
         if "bbox_scores" in pred:
             bbox_scores = np.asarray(pred.bbox_scores)
         elif "bbox_scores" in gt and len(gt.bbox_scores) == len(keypoints):
@@ -228,94 +235,41 @@ def _to_instances(samples: Sequence[Any]) -> Iterator[tuple[int, PoseInstance]]:
         else:
             bbox_scores = np.ones(len(keypoints))
         areas = np.prod(np.asarray(gt.bbox_scales), axis=1)
-        for k in range(len(keypoints)):
-            yield int(s.id), PoseInstance(int(s.img_id), keypoints[k], scores[k], bbox_scores[k], areas[k])
+        scores = np.asarray(pred.keypoint_scores)
+        rows += [
+            (int(s.id), int(s.img_id), keypoints[k], scores[k], bbox_scores[k], areas[k])
+            for k in range(len(keypoints))
+        ]
+    if not rows:
+        return Instances.empty()
+    ids, images, keypoints, scores, bbox, area = zip(*rows, strict=True)
+    return Instances.stack(images, keypoints, scores, bbox, area, sample_ids=ids)
 
 
-def infer(
-    model: Any,
-    dataset: Any,
-    indices: Sequence[int],
-    *,
-    batch_size: int,
-    workers: int,
-    device: str,
-    progress: bool = True,
-    reference: bool = False,
-) -> tuple[list[tuple[int, PoseInstance]], InferenceStats]:
-    """Run mmpose's test_step over `indices`; on CUDA OOM halve the batch and redo that batch.
-
-    Batches come from `zoo.crops` (each image decoded once, byte-identical crops and samples) or,
-    with `reference`, from mmpose's per-box pipeline through a plain DataLoader.
-    """
+def reference_infer(
+    model: Any, dataset: Any, indices: Sequence[int], *, batch_size: int, workers: int, device: str
+) -> Instances:
+    """mmpose's own test path for `--reference`: its per-box pipeline through a DataLoader with
+    `pseudo_collate`, `model.test_step` (preprocessing, forward, flip test, decoding) per batch."""
     import torch
     from mmengine.dataset import pseudo_collate
     from torch.utils.data import DataLoader, Subset
-    from tqdm import tqdm
 
-    from zoo.crops import UnsupportedPipeline, fast_loader
-
-    stats = InferenceStats(batch_size=batch_size, data_path="reference" if reference else "fast")
-    out: list[tuple[int, PoseInstance]] = []
-    done = 0
-    bar = tqdm(total=len(indices), unit="crop", disable=not progress, dynamic_ncols=True, mininterval=1.0)
-    start = time.perf_counter()
-    while done < len(indices):
-        pin, rest = device.startswith("cuda"), list(indices[done:])
-        loader = None
-        if stats.data_path == "fast":
-            try:
-                loader = fast_loader(dataset, rest, stats.batch_size, workers=workers, pin_memory=pin)
-            except UnsupportedPipeline as exc:
-                log.warning("%s; using mmpose's per-box data path", exc)
-                stats.data_path = "reference"
-        if loader is None:
-            loader = DataLoader(
-                Subset(dataset, rest),
-                batch_size=stats.batch_size,
-                num_workers=workers,
-                collate_fn=pseudo_collate,
-                pin_memory=pin,
-            )
-        try:
-            with torch.no_grad():
-                for batch in loader:
-                    samples = model.test_step(batch)
-                    out.extend(_to_instances(samples))
-                    done += len(samples)
-                    bar.update(len(samples))
-        except RuntimeError as exc:
-            if not _is_oom(exc) or stats.batch_size == 1:
-                raise
-            torch.cuda.empty_cache()
-            stats.oom_retries.append(
-                f"CUDA OOM at batch size {stats.batch_size}; retrying with {stats.batch_size // 2}"
-            )
-            log.warning(stats.oom_retries[-1])
-            stats.batch_size //= 2
-    bar.close()
-    if device.startswith("cuda"):
-        torch.cuda.synchronize()
-    stats.seconds = time.perf_counter() - start
-    stats.crops = len(indices)
-    return out, stats
-
-
-def order_like_mmpose(pairs: Sequence[tuple[int, PoseInstance]]) -> list[PoseInstance]:
-    """Instances in the order mmpose's metric evaluates them: images by first appearance, then by
-    sample id within an image, duplicates (distributed padding) dropped."""
-    first_seen: dict[int, int] = {}
-    unique: dict[int, PoseInstance] = {}
-    for sample_id, inst in pairs:
-        first_seen.setdefault(inst.image_id, len(first_seen))
-        unique.setdefault(sample_id, inst)
-    ordered = sorted(unique.items(), key=lambda kv: (first_seen[kv[1].image_id], kv[0]))
-    return [inst for _, inst in ordered]
+    loader = DataLoader(
+        Subset(dataset, list(indices)), batch_size=batch_size, num_workers=workers, collate_fn=pseudo_collate,
+        pin_memory=device.startswith("cuda"),
+    )  # fmt: skip
+    parts = []
+    with torch.no_grad():
+        for batch in loader:
+            parts.append(instances_of(model.test_step(batch)))
+    return Instances.concat(parts)
 
 
 @contextlib.contextmanager
-def distributed(launcher: str) -> Iterator[tuple[int, int]]:
-    """(rank, world size) under mmengine's launcher; ('none' or a single process) -> (0, 1)."""
+def distributed(launcher: str, device: str) -> Iterator[tuple[int, int]]:
+    """(rank, world size) under mmengine's launcher; ('none' or a single process) -> (0, 1).
+    NCCL only for a CUDA run; a CPU run uses gloo even on a machine with GPUs."""
     if launcher == "auto":
         launcher = "pytorch" if int(os.environ.get("WORLD_SIZE", "1")) > 1 else "none"
     if launcher == "none":
@@ -324,7 +278,7 @@ def distributed(launcher: str) -> Iterator[tuple[int, int]]:
     import torch
     from mmengine.dist import get_dist_info, init_dist
 
-    if torch.cuda.is_available():
+    if device.startswith("cuda"):
         init_dist(launcher, backend="nccl")
     elif launcher == "pytorch":  # mmengine's launcher pins a CUDA device; on CPU use gloo directly
         torch.distributed.init_process_group(backend="gloo")
@@ -336,18 +290,18 @@ def distributed(launcher: str) -> Iterator[tuple[int, int]]:
         torch.distributed.destroy_process_group()
 
 
-def gather(pairs: list[tuple[int, PoseInstance]], world: int) -> list[tuple[int, PoseInstance]] | None:
-    """All ranks' predictions on rank 0 (None elsewhere), via a pickling all-gather (gloo or NCCL)."""
+def gather(instances: Instances, world: int) -> Instances | None:
+    """All ranks' instances on rank 0 (None elsewhere), via a pickling all-gather (gloo or NCCL)."""
     if world == 1:
-        return pairs
+        return instances
     from mmengine.dist import all_gather_object, get_rank
 
-    parts = all_gather_object(pairs)
-    return [p for part in parts for p in part] if get_rank() == 0 else None
+    parts = all_gather_object(instances)
+    return Instances.concat(parts) if get_rank() == 0 else None
 
 
 # --------------------------------------------------------------------------------------------------
-# one row end to end: fetch -> data -> inference -> predictions -> metrics -> record
+# rows end to end: fetch -> data -> inference (one pass per group of rows) -> predictions -> metrics
 
 
 @dataclass
@@ -366,7 +320,10 @@ class RunOptions:
     offline: bool | None = None
     launcher: str = "auto"
     progress: bool = True
-    reference: bool = False  # mmpose's data pipeline + xtcocotools metrics (the slower reference paths)
+    reference: bool = False  # mmpose's data pipeline, test_step and xtcocotools (the slower reference paths)
+    cuda_graphs: bool = False  # replay the forward pass as a CUDA graph (the same kernels)
+    decode_threads: int | None = None  # default: the cores the data workers leave
+    checkpoint_every: float = 60.0  # seconds between checkpointed chunks of a running row
     argv: list[str] = field(default_factory=list)
 
 
@@ -396,29 +353,36 @@ def _subset_annotations(ann_file: Path, image_ids: set[int]) -> dict[str, Any]:
     return data
 
 
-def _fingerprint(row: Row, cfg: Any, ckpt_sha256: str, box_source: str, data: dict, opts: RunOptions) -> dict:
-    # only what can change a measured number: expected values, tolerances and notes are left out,
-    # so accepting a new baseline does not invalidate the results it was accepted from
-    measured = row.model_dump(mode="json", include=_FINGERPRINT_FIELDS)
-    return {
-        "row": measured,
-        "config_sha256": config_digest(cfg),
-        "checkpoint_sha256": ckpt_sha256,
-        "boxes": box_source,
-        "data": data,
-        "subset": opts.subset,
-        "paths": "reference" if opts.reference else "fast",
-    }
+@dataclass
+class _Prepared:
+    """A row ready to run: its data, checkpoint, effective config and fingerprint."""
+
+    row: Row
+    paths: DataPaths
+    boxes: PersonBoxes
+    checkpoint: Any  # zoo.fetch.Fetched
+    cfg: Any
+    numerics: Numerics
+    fingerprint: dict[str, Any]
+    digest: str
+    started: str
+    t0: float
+    timings: dict[str, float] = field(default_factory=dict)
+
+    def group_key(self, opts: RunOptions) -> str:
+        """Rows with the same key see the same crops: one pass over the data serves them all."""
+        from zoo.results import canonical_digest
+
+        if opts.reference:
+            return self.row.id  # mmpose's own path runs row by row
+        return canonical_digest([self.cfg.test_dataloader.dataset.to_dict(), self.numerics.device])
 
 
-def run_row(row: Row, manifests: Any, opts: RunOptions) -> dict[str, Any] | None:
-    """Evaluate one row; returns its record on rank 0 (None on other ranks). Resumable (module doc)."""
-    import json
+def _prepare(row: Row, manifests: Any, opts: RunOptions, device: str) -> _Prepared:
     from datetime import datetime, timezone
 
-    from zoo import fetch, metrics, results
+    from zoo import fetch, results
     from zoo.data import load_boxes, load_registry
-    from zoo.env import collect_env
 
     started = datetime.now(timezone.utc).isoformat(timespec="seconds")
     t0 = time.perf_counter()
@@ -428,135 +392,318 @@ def run_row(row: Row, manifests: Any, opts: RunOptions) -> dict[str, Any] | None
         raise InputError(
             f"{paths.ann_file}: annotation file of dataset {row.dataset} not found (run `zoo data verify`)"
         )
-    device = resolve_device(opts.device)
-    box_spec = opts.boxes or row.boxes
-    boxes = load_boxes(box_spec, paths, cache=opts.cache, device=device)
+    boxes = load_boxes(opts.boxes or row.boxes, paths, cache=opts.cache, device=device)
     lock = fetch.ChecksumLock(manifests.dir / "checkpoints.lock")
     ckpt = fetch.fetch_row(row, lock=lock, cache=opts.cache, offline=opts.offline)
     cfg = load_config(row, paths, boxes, batch_size=opts.batch_size, workers=opts.workers)
+    numerics = Numerics.for_config(cfg, device, cuda_graphs=opts.cuda_graphs)
     data_fp = results.data_fingerprint(paths.ann_file, paths.img_dir, boxes.bbox_file)
-    fp = _fingerprint(row, cfg, ckpt.sha256 or "", boxes.source, data_fp, opts)
-    digest = results.canonical_digest(fp)
-    if not opts.force and (done := results.finished_record(opts.out, row.id, digest)) is not None:
-        log.info("%s: up to date (fingerprint %s), skipping", row.id, digest[:12])
-        return done
+    fp = {
+        "row": row.model_dump(mode="json", include=_FINGERPRINT_FIELDS),
+        "config_sha256": config_digest(cfg),
+        "checkpoint_sha256": ckpt.sha256 or "",
+        "boxes": boxes.source,
+        "data": data_fp,
+        "subset": opts.subset,
+        "paths": "reference" if opts.reference else "fast",
+        "numerics": numerics.numbers_key(),
+    }  # only what can change a measured number: accepting a baseline does not invalidate records
+    return _Prepared(row, paths, boxes, ckpt, cfg, numerics, fp, results.canonical_digest(fp), started, t0)
 
-    timings: dict[str, float] = {}
-    infer_stats: InferenceStats | None = None
-    subset_images: set[int] | None = None  # with --subset, the GT is restricted to these images
-    preds_path = None if opts.force else results.complete_predictions(opts.out, row.id, digest)
-    with distributed(opts.launcher) as (rank, world):
-        if preds_path is None:
-            t = time.perf_counter()
-            state = fetch.load_checkpoint(ckpt, cache=opts.cache)
-            model = build_model(cfg, device, state)
-            del state
-            timings["model_build_s"] = time.perf_counter() - t
-            ds = build_dataset(cfg)
-            # as mmengine's Runner sets up workers (cv2 threads off): no effect on numbers, ~2x on speed
-            from mmengine.utils.dl_utils import set_multi_processing
 
-            set_multi_processing(**cfg.env_cfg.get("mp_cfg", {}), distributed=world > 1)
-            indices = subset_indices(ds, opts.subset)
-            if opts.subset is not None:
-                subset_images = _images_of(ds, indices)
-            mine = indices[rank::world]
-            pairs, infer_stats = infer(
-                model,
-                ds,
-                mine,
-                batch_size=cfg.test_dataloader.batch_size,
-                workers=cfg.test_dataloader.num_workers,
-                device=device,
-                progress=opts.progress and rank == 0,
-                reference=opts.reference,
+def run_rows(
+    rows: Sequence[Row], manifests: Any, opts: RunOptions, say: Callable[[str], None] = log.info
+) -> list[dict[str, Any] | None]:
+    """Evaluate `rows`, one record per row (None on non-zero ranks of a distributed run), in order.
+
+    One rule for failures: anything wrong with one row (its checkpoint, data, model, an image that
+    does not decode) becomes that row's error record and the other rows go on; what is wrong with
+    the invocation itself was refused before (`zoo.preflight`). Rows whose record has the current
+    fingerprint are skipped; rows whose crops are identical share one pass over the data.
+    """
+    from zoo import results
+
+    device = resolve_device(opts.device)
+    out: dict[str, dict[str, Any] | None] = {}
+    ready: list[_Prepared] = []
+    for row in rows:
+        try:
+            prepared = _prepare(row, manifests, opts, device)
+        except ZooError as exc:
+            out[row.id] = _failed(opts, row, exc, say)
+            continue
+        done = None if opts.force else results.finished_record(opts.out, row.id, prepared.digest)
+        if done is not None:
+            say(f"{row.id}: up to date (fingerprint {prepared.digest[:12]}), skipping")
+            out[row.id] = done
+        else:
+            ready.append(prepared)
+    groups: dict[str, list[_Prepared]] = {}
+    for prepared in ready:
+        groups.setdefault(prepared.group_key(opts), []).append(prepared)
+    for group in groups.values():
+        try:
+            out.update(_run_group(group, opts, say))
+        except ZooError as exc:
+            for prepared in group:
+                if prepared.row.id not in out:
+                    out[prepared.row.id] = _failed(opts, prepared.row, exc, say)
+    return [out.get(row.id) for row in rows]
+
+
+def run_row(row: Row, manifests: Any, opts: RunOptions) -> dict[str, Any] | None:
+    """One row (see `run_rows`); a failure raises instead of becoming a record."""
+    from zoo import results
+
+    record = run_rows([row], manifests, opts)[0]
+    if record is not None and record["status"] == "error":
+        raise ZooError(record["error"])
+    return record if record is None else results.read_record(opts.out / row.id / results.RECORD)
+
+
+def _failed(opts: RunOptions, row: Row, exc: ZooError, say: Callable[[str], None]) -> dict[str, Any]:
+    say(f"{row.id}: ERROR: {exc}")
+    return write_error_record(opts, row, str(exc))
+
+
+def _run_group(
+    group: list[_Prepared], opts: RunOptions, say: Callable[[str], None]
+) -> dict[str, dict | None]:
+    """One pass over the data for every row of the group (same crops), then each row's results."""
+    from zoo import results
+
+    lead = group[0]
+    with distributed(opts.launcher, lead.numerics.device) as (rank, world), contextlib.ExitStack() as locks:
+        if rank == 0:
+            for prepared in sorted(group, key=lambda p: p.row.id):
+                locks.enter_context(results.row_lock(opts.out, prepared.row.id, opts.argv, say))
+        # another process may have finished a row while this one waited for its lock
+        records: dict[str, dict | None] = {}
+        todo = []
+        for prepared in group:
+            done = None if opts.force else results.finished_record(opts.out, prepared.row.id, prepared.digest)
+            if done is not None:
+                records[prepared.row.id] = done
+            else:
+                todo.append(prepared)
+        if not todo:
+            return records
+        inferred, subset_images = _infer_group(todo, opts, say, rank, world)
+        for prepared in todo:
+            instances, facts = inferred[prepared.row.id]
+            everything = gather(instances, world)
+            records[prepared.row.id] = (
+                _finish(prepared, everything, facts, subset_images, opts) if rank == 0 else None
             )
-            timings["inference_s"] = infer_stats.seconds
-            pairs = gather(pairs, world)
-            if rank != 0:
-                return None
-            t = time.perf_counter()
-            preds = metrics.postprocess(order_like_mmpose(pairs))
-            results.write_predictions(opts.out, row.id, preds.to_records(), digest)
-            timings["postprocess_s"] = time.perf_counter() - t
-        elif rank != 0:
-            return None
-        else:  # resumed: evaluate the complete predictions file written before the interruption
-            preds = metrics.load_results(preds_path)
-            if opts.subset is not None:
-                ds = build_dataset(cfg)
-                subset_images = _images_of(ds, subset_indices(ds, opts.subset))
+    return records
 
+
+def _infer_group(
+    group: list[_Prepared], opts: RunOptions, say: Callable[[str], None], rank: int, world: int
+) -> tuple[dict[str, tuple[Instances | None, dict[str, Any]]], set[int] | None]:
+    """Each row's instances (None: its complete predictions file is on disk) and inference facts,
+    and with --subset the evaluated images (the GT is restricted to them)."""
+    from mmengine.utils.dl_utils import set_multi_processing
+
+    from zoo import fetch, results
+    from zoo.inference import Decoder, HeatmapModel, RowPass, UnsupportedModel, inference_mode, run_pass
+
+    lead = group[0]
+    out: dict[str, tuple[Instances | None, dict[str, Any]]] = {}
+    dataset = build_dataset(lead.cfg)
+    indices = subset_indices(dataset, opts.subset)
+    mine = indices[rank::world]
+    subset_images = (
+        None if opts.subset is None else {int(dataset.get_data_info(i)["img_id"]) for i in indices}
+    )
+    # as mmengine's Runner sets up workers (cv2 threads off): no effect on numbers, ~2x on speed
+    set_multi_processing(**lead.cfg.env_cfg.get("mp_cfg", {}), distributed=world > 1)
+    passes: list[tuple[_Prepared, RowPass]] = []
+    partials: dict[str, tuple[Any, list[Instances]]] = {}
+    device = lead.numerics.device
+    for prepared in group:
+        preds_path = (
+            None if opts.force else results.complete_predictions(opts.out, prepared.row.id, prepared.digest)
+        )
+        if preds_path is not None:  # killed after writing its predictions: evaluate them
+            out[prepared.row.id] = (None, {})
+            continue
+        t = time.perf_counter()
+        state = fetch.load_checkpoint(prepared.checkpoint, cache=opts.cache)
+        model = build_model(prepared.cfg, device, state)
+        del state
+        prepared.timings["model_build_s"] = time.perf_counter() - t
+        batch_size = prepared.cfg.test_dataloader.batch_size
+        if opts.reference:
+            say(_start_line(prepared, len(mine), batch_size, "reference"))
+            t = time.perf_counter()
+            with inference_mode(prepared.numerics):
+                inst = reference_infer(
+                    model, dataset, mine, batch_size=batch_size, workers=prepared.cfg.test_dataloader.num_workers,
+                    device=device,
+                )  # fmt: skip
+            facts = _inference_facts(
+                prepared, boxes=len(mine), seconds=time.perf_counter() - t, batch_size=batch_size,
+                data_path="reference", decode="mmpose", world=world,
+            )  # fmt: skip
+            out[prepared.row.id] = (inst, facts)
+            continue
+        try:
+            heatmap_model = HeatmapModel(
+                model, dataset.metainfo["flip_indices"], cuda_graphs=opts.cuda_graphs
+            )
+        except UnsupportedModel as exc:
+            raise ZooError(f"{prepared.row.id}: {exc}; run it with --reference") from None
+        stream_key = results.canonical_digest([prepared.digest, rank, world])
+        partial = results.PartialPredictions(
+            opts.out, prepared.row.id, stream_key, part=f"partial-{rank}-of-{world}"
+        )
+        if opts.force:
+            partial.clear()
+        start, parts = partial.load()
+        if start:
+            say(f"{prepared.row.id}: resuming at box {start} of {len(mine)} (checkpointed chunks)")
+        partials[prepared.row.id] = (partial, parts)
+        passes.append((prepared, RowPass(
+            row_id=prepared.row.id, model=heatmap_model, decoder=Decoder(heatmap_model.codec, prepared.row.id),
+            batch_size=batch_size, start=start,
+            sink=results.CheckpointSink(partial, batch_size, opts.checkpoint_every),
+        )))  # fmt: skip
+    if passes:
+        for prepared, row_pass in passes:
+            say(_start_line(prepared, len(mine) - row_pass.start, row_pass.batch_size, device))
+        with inference_mode(lead.numerics):
+            decoded, stats = run_pass(
+                dataset, mine, [p for _, p in passes], device=device,
+                workers=lead.cfg.test_dataloader.num_workers, decode_threads=opts.decode_threads,
+                progress=opts.progress and rank == 0,
+            )  # fmt: skip
+        for prepared, row_pass in passes:
+            partial, parts = partials[prepared.row.id]
+            facts = _inference_facts(
+                prepared, boxes=len(mine), seconds=stats.seconds, batch_size=row_pass.batch_size, data_path="fast",
+                decode=row_pass.decoder.path, world=world, decode_note=row_pass.decoder.note,
+                oom_retries=row_pass.oom_retries, shared=stats.rows, resumed_at=row_pass.start,
+                decode_threads=stats.decode_threads, data_s=stats.data_s,
+            )  # fmt: skip
+            out[prepared.row.id] = (Instances.concat([*parts, decoded[prepared.row.id]]), facts)
+    return out, subset_images
+
+
+def _start_line(prepared: _Prepared, boxes: int, batch_size: int, where: str) -> str:
+    return (
+        f"{prepared.row.id}: {boxes} boxes on {where}, batch {batch_size}, "
+        f"{'flip test, ' if prepared.cfg.model.test_cfg.get('flip_test') else ''}"
+        f"{prepared.boxes.source} boxes"
+    )
+
+
+def _inference_facts(
+    prepared: _Prepared, *, boxes: int, seconds: float, batch_size: int, data_path: str, decode: str,
+    world: int, decode_note: str = "", oom_retries: Sequence[str] = (), shared: Sequence[str] = (),
+    resumed_at: int = 0, decode_threads: int = 0, data_s: float | None = None,
+) -> dict[str, Any]:  # fmt: skip
+    """The record's `inference` section."""
+    prepared.timings["inference_s"] = seconds
+    return {
+        "crops": boxes,
+        "crops_per_s": boxes / seconds if seconds > 0 else math.nan,
+        "batch_size": batch_size,
+        "data_path": data_path,
+        "data_s": data_s,
+        "decode": decode,
+        "decode_note": decode_note,
+        "decode_threads": decode_threads,
+        "oom_retries": list(oom_retries),
+        "world_size": world,
+        "device": prepared.numerics.device,
+        "numerics": prepared.numerics.to_json(),
+        "shared_pass": [r for r in shared if r != prepared.row.id],
+        "resumed_at": resumed_at,
+    }
+
+
+def _finish(
+    prepared: _Prepared,
+    instances: Instances | None,
+    facts: dict[str, Any],
+    subset_images: set[int] | None,
+    opts: RunOptions,
+) -> dict[str, Any]:
+    """Predictions (written first), metrics and the record of one row, on rank 0."""
+    import json
+    from datetime import datetime, timezone
+
+    from zoo import metrics, results
+    from zoo.env import collect_env
+
+    row, resumed = prepared.row, instances is None
+    if resumed:
+        preds = metrics.load_results(results.complete_predictions(opts.out, row.id, prepared.digest))
+    else:
+        t = time.perf_counter()
+        preds = metrics.postprocess(instances.in_mmpose_order())
+        results.write_predictions(opts.out, row.id, preds.to_records(), prepared.digest)
+        for part in (opts.out / row.id).glob("partial-*"):
+            results.PartialPredictions(opts.out, row.id, "", part=part.name).clear()
+        prepared.timings["postprocess_s"] = time.perf_counter() - t
     t = time.perf_counter()
-    ann: Any = paths.ann_file if subset_images is None else _subset_annotations(paths.ann_file, subset_images)
+    ann: Any = (
+        prepared.paths.ann_file
+        if subset_images is None
+        else _subset_annotations(prepared.paths.ann_file, subset_images)
+    )
     scores = metrics.evaluate(preds, ann, use_area=row.use_area, reference=opts.reference)
-    timings["evaluation_s"] = time.perf_counter() - t
-    timings["total_s"] = time.perf_counter() - t0
+    prepared.timings["evaluation_s"] = time.perf_counter() - t
+    prepared.timings["total_s"] = time.perf_counter() - prepared.t0
     record = {
         "row_id": row.id,
         "table": row.table,
         "name": row.name,
         "status": "ok",
-        "fingerprint": fp,
-        "fingerprint_digest": digest,
-        "checkpoint": {"url": row.checkpoint.url, "sha256": ckpt.sha256},
-        "box_source": boxes.source,
+        "fingerprint": prepared.fingerprint,
+        "fingerprint_digest": prepared.digest,
+        "checkpoint": {"url": row.checkpoint.url, "sha256": prepared.checkpoint.sha256},
+        "box_source": prepared.boxes.source,
         "use_area": row.use_area,
         "metrics": scores,
         "counts": {
-            "instances": infer_stats.crops if infer_stats else None,
+            "instances": facts.get("crops"),
             "predictions": len(preds),
             "images_with_predictions": len(set(preds.image_id.tolist())),
         },
-        "inference": None
-        if infer_stats is None
-        else {
-            "crops": infer_stats.crops,
-            "crops_per_s": infer_stats.crops_per_s,
-            "batch_size": infer_stats.batch_size,
-            "data_path": infer_stats.data_path,
-            "oom_retries": infer_stats.oom_retries,
-            "world_size": world,
-            "device": device,
-        },
-        "resumed_from_predictions": infer_stats is None,
-        "timings": timings,
+        "inference": None if resumed else facts,
+        "resumed_from_predictions": resumed,
+        "timings": prepared.timings,
         "environment": collect_env(),
         "command": opts.argv,
-        "started": started,
+        "started": prepared.started,
         "finished": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }
     results.write_record(opts.out, json.loads(json.dumps(record, default=str)))
     return record
 
 
-def _images_of(dataset: Any, indices: Sequence[int]) -> set[int]:
-    return {int(dataset.get_data_info(i)["img_id"]) for i in indices}
-
-
-def write_error_record(opts: RunOptions, row: Row, message: str) -> None:
+def write_error_record(opts: RunOptions, row: Row, message: str) -> dict[str, Any]:
     """A failed row leaves a record that says why, so the gate reports ERROR instead of MISSING."""
     from datetime import datetime, timezone
 
     from zoo import results
 
-    results.write_record(
-        opts.out,
-        {
-            "row_id": row.id,
-            "table": row.table,
-            "name": row.name,
-            "status": "error",
-            "error": message,
-            "command": opts.argv,
-            "finished": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        },
-    )
+    record = {
+        "row_id": row.id,
+        "table": row.table,
+        "name": row.name,
+        "status": "error",
+        "error": message,
+        "command": opts.argv,
+        "finished": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    }
+    results.write_record(opts.out, record)
+    return record
 
 
-def reference_run(
-    cfg: Any, state_dict: dict[str, Any], work_dir: Path
-) -> tuple[list[tuple[int, PoseInstance]], dict]:
+def reference_run(cfg: Any, state_dict: dict[str, Any], work_dir: Path) -> tuple[Instances, dict]:
     """mmpose's own test path, `Runner.from_cfg(cfg).test()`, on the same config and weights.
 
     Returns its per-instance predictions (through mmengine's DumpResults) and its metrics, so the
@@ -583,10 +730,10 @@ def reference_run(
     with open(dump, "rb") as f:
         samples = pickle.load(f)
 
-    class _Sample:  # the attribute view _to_instances reads, over DumpResults' plain dicts
+    class _Sample:  # the attribute view instances_of reads, over DumpResults' plain dicts
         def __init__(self, d: dict) -> None:
             self.id, self.img_id = d["id"], d["img_id"]
             self.pred_instances = InstanceData(**d["pred_instances"])
             self.gt_instances = InstanceData(**d["gt_instances"])
 
-    return list(_to_instances([_Sample(s) for s in samples])), dict(scores)
+    return instances_of([_Sample(s) for s in samples]), dict(scores)

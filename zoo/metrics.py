@@ -196,18 +196,72 @@ def _body_extent_area(keypoints: np.ndarray) -> np.ndarray:
 # mmpose post-processing: rescoring and OKS-NMS
 
 
-class PoseInstance(NamedTuple):
-    """One top-down prediction as mmpose's metric sees it.
+@dataclass(frozen=True)
+class Instances:
+    """Top-down predictions before mmpose's rescoring and NMS, one row per person box.
 
-    Pass the values with the dtypes mmpose carries (float32 keypoints, scores, bbox score and area)
-    to get bitwise the records mmpose writes. `area` is prod(bbox_scale): the padded, aspect-fixed box.
+    The arrays carry the dtypes mmpose carries (float32 scores, bbox scores and areas; float32
+    keypoints for MSRA/DARK and float64 for UDP), which decide the bits of the written records.
+    `area` is prod(bbox_scale): the padded, aspect-fixed box. `sample_id` is the dataset's sample id.
     """
 
-    image_id: int
-    keypoints: np.ndarray  # (K, 2)
-    keypoint_scores: np.ndarray  # (K,)
-    bbox_score: Any  # numpy scalar, e.g. np.float32
-    area: Any  # numpy scalar, e.g. np.float32
+    sample_id: np.ndarray  # (N,) int64
+    image_id: np.ndarray  # (N,) int64
+    keypoints: np.ndarray  # (N, K, 2)
+    keypoint_scores: np.ndarray  # (N, K)
+    bbox_score: np.ndarray  # (N,)
+    area: np.ndarray  # (N,)
+
+    def __len__(self) -> int:
+        return len(self.sample_id)
+
+    @classmethod
+    def concat(cls, parts: Sequence[Instances]) -> Instances:
+        if not parts:
+            return cls.empty()
+        return cls(*(np.concatenate([getattr(p, f) for p in parts]) for f in _INSTANCE_FIELDS))
+
+    @classmethod
+    def empty(cls) -> Instances:
+        return cls(
+            np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros((0, NUM_KEYPOINTS, 2), np.float32),
+            np.zeros((0, NUM_KEYPOINTS), np.float32), np.zeros(0, np.float32), np.zeros(0, np.float32),
+        )  # fmt: skip
+
+    @classmethod
+    def stack(
+        cls,
+        image_ids: Sequence[int],
+        keypoints: Sequence[np.ndarray],
+        keypoint_scores: Sequence[np.ndarray],
+        bbox_scores: Sequence[Any],
+        areas: Sequence[Any],
+        sample_ids: Sequence[int] | None = None,
+    ) -> Instances:
+        """From per-box values (numpy scalars and arrays keep their dtypes); sample ids default to the
+        order given."""
+        if not len(image_ids):
+            return cls.empty()
+        return cls(
+            np.asarray(range(len(image_ids)) if sample_ids is None else sample_ids, dtype=np.int64),
+            np.asarray(image_ids, dtype=np.int64), np.stack(keypoints), np.stack(keypoint_scores),
+            np.array(bbox_scores), np.array(areas),
+        )  # fmt: skip
+
+    def take(self, rows: np.ndarray) -> Instances:
+        return Instances(*(getattr(self, f)[rows] for f in _INSTANCE_FIELDS))
+
+    def in_mmpose_order(self) -> Instances:
+        """The order mmpose's metric evaluates instances in: images by first appearance, then by sample
+        id within an image, duplicate samples (distributed padding) dropped."""
+        _, first = np.unique(self.sample_id, return_index=True)
+        unique = self.take(np.sort(first))
+        _, appearance, image_rank = np.unique(unique.image_id, return_index=True, return_inverse=True)
+        rank_of_image = np.argsort(np.argsort(appearance))
+        return unique.take(np.lexsort((unique.sample_id, rank_of_image[image_rank])))
+
+
+_INSTANCE_FIELDS = ("sample_id", "image_id", "keypoints", "keypoint_scores", "bbox_score", "area")
 
 
 _SCORE_CHUNK_ROWS = 1 << 13  # rows per step when scoring: keeps temporaries small
@@ -341,33 +395,31 @@ def _triu_pairs(groups: Sequence[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
 
 
 def postprocess(
-    instances: Sequence[PoseInstance],
+    instances: Instances,
     keypoint_score_thr: float = 0.2,
     nms_thr: float = 0.9,
     sigmas: np.ndarray | None = None,
 ) -> PoseResults:
     """mmpose's CocoWholeBodyMetric post-processing (rescoring, per-image OKS-NMS) as arrays.
 
-    `instances` must be in dataset (sample id) order without duplicates, as mmpose's metric sorts
-    them. Output order is mmpose's: images in order of first appearance, within an image the NMS keep
-    order (mmpose's unstable argsort of the scores, reversed). Order matters: COCOeval breaks score
-    ties by file order. All instances must share dtypes (mmpose stacks them per image).
+    `instances` must be in mmpose's order (`Instances.in_mmpose_order`). Output order is mmpose's:
+    images in order of first appearance, within an image the NMS keep order (mmpose's unstable
+    argsort of the scores, reversed). Order matters: COCOeval breaks score ties by file order.
     """
     if sigmas is None:
         sigmas = dataset_sigmas()
-    groups: dict[Any, list[int]] = {}
-    for i, inst in enumerate(instances):
-        groups.setdefault(inst.image_id, []).append(i)
-    if not instances:
+    if not len(instances):
         empty = np.zeros(0, dtype=np.int64)
         kp = np.zeros((0, NUM_KEYPOINTS, 3))
         return PoseResults(empty, empty, kp, np.zeros(0), {}, np.zeros(0))
-    kpt_scores = np.stack([inst.keypoint_scores for inst in instances])
-    scores = _instance_scores(kpt_scores, [inst.bbox_score for inst in instances], keypoint_score_thr)
-    coords = np.stack([inst.keypoints for inst in instances])
+    groups: dict[Any, list[int]] = {}
+    for i, image_id in enumerate(instances.image_id.tolist()):
+        groups.setdefault(image_id, []).append(i)
+    kpt_scores = instances.keypoint_scores
+    scores = _instance_scores(kpt_scores, instances.bbox_score, keypoint_score_thr)
+    coords = instances.keypoints
     dtype = np.result_type(coords, kpt_scores)  # mmpose concatenates (x, y) and score per instance
-    areas = np.array([inst.area for inst in instances])
-
+    areas = instances.area
     index = [np.array(idx) for idx in groups.values()]
     first, second = _triu_pairs(index)
     suppress = _nms_suppresses(coords, dtype, areas, first, second, sigmas, nms_thr)
@@ -393,7 +445,7 @@ def postprocess(
         keypoints[lo : lo + len(rows), :, 2] = kpt_scores[rows]
         area[lo : lo + len(rows)] = _body_extent_area(keypoints[lo : lo + len(rows)])
     return PoseResults(
-        image_id=np.array([instances[i].image_id for i in kept], dtype=np.int64),
+        image_id=instances.image_id[kept_arr].astype(np.int64),
         category_id=np.ones(len(kept), dtype=np.int64),
         keypoints=keypoints,
         score=np.array([float(scores[i]) for i in kept], dtype=np.float64),
@@ -403,7 +455,7 @@ def postprocess(
 
 
 def rescore_and_nms(
-    instances: Sequence[PoseInstance],
+    instances: Instances,
     keypoint_score_thr: float = 0.2,
     nms_thr: float = 0.9,
     sigmas: np.ndarray | None = None,

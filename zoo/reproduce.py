@@ -5,7 +5,7 @@ Each step is the one its own command runs (`zoo fetch`, `zoo data verify`, `zoo 
 checkpoint or one missing dataset does not hide the other rows' results. A row whose checkpoint
 cannot be fetched gets an error record (the gate reports ERROR); a row whose dataset does not pass
 verification gets a 'skipped' record naming what is missing (SKIPPED). Rerunning resumes: finished
-rows are skipped by `run_row`'s fingerprint check and cached checkpoints are not downloaded again.
+rows are skipped by `run_rows`' fingerprint check and cached checkpoints are not downloaded again.
 """
 
 from __future__ import annotations
@@ -91,7 +91,7 @@ def reproduce(
     """The whole reproduction of `rows`; the caller turns `result.comparison` into an exit code."""
     from zoo import fetch, results
     from zoo.data import load_registry
-    from zoo.evaluate import run_row, write_error_record
+    from zoo.evaluate import run_rows, write_error_record
     from zoo.junit import write_junit
     from zoo.report import write_report
 
@@ -120,19 +120,15 @@ def reproduce(
         problems[dataset_id] = data_problems(registry.get(dataset_id), run_opts.data_root)
         for line in problems[dataset_id]:
             say(f"  {line}")
-    for i, row in enumerate(runnable, 1):
+    available = []
+    for row in runnable:
         if problems[row.dataset]:
             results.write_record(run_opts.out, skipped_record(row, problems[row.dataset], run_opts.argv))
-            say(f"[run {i}/{len(runnable)}] {row.id}: SKIPPED (dataset {row.dataset} not available)")
-            continue
-        say(f"[run {i}/{len(runnable)}] {row.id}")
-        try:
-            run_row(row, manifests, run_opts)
-        except InputError:
-            raise
-        except ZooError as exc:
-            write_error_record(run_opts, row, str(exc))
-            say(f"  ERROR {row.id}: {exc}")
+            say(f"[run] {row.id}: SKIPPED (dataset {row.dataset} not available)")
+        else:
+            available.append(row)
+    say(f"[run] {len(available)} rows")
+    run_rows(available, manifests, run_opts, say=lambda text: say(f"  {text}"))
 
     records = results.load_records(run_opts.out)
     comparison = compare(rows, records, strict=opts.strict, allow_missing=opts.allow_missing)

@@ -5,22 +5,35 @@ A results folder holds one sub-folder per row:
     <out>/<row-id>/predictions.done.json fingerprint + sha256 of the predictions: written last, so
                                          predictions without it are incomplete and never reused
     <out>/<row-id>/result.json           the record: metrics, fingerprint, timings, environment
+    <out>/<row-id>/partial/              checkpointed chunks of a row still running (`PartialPredictions`)
+    <out>/<row-id>/.lock                 held by the process running the row (`row_lock`)
 Every file is written to a temporary name and renamed, so a killed run never leaves half a file.
 A row is skipped when its record has the current fingerprint; it restarts from its predictions
-when only those are complete.
+when only those are complete, and from its last checkpointed chunk when it was killed mid-run.
 """
 
 from __future__ import annotations
 
+import contextlib
 import gzip
 import hashlib
+import io
 import json
-from collections.abc import Mapping
+import logging
+import os
+import shutil
+import socket
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from zoo.errors import InputError
 from zoo.fileio import sha256_file, write_atomic
+
+log = logging.getLogger(__name__)
 
 SCHEMA = 1
 RECORD = "result.json"
@@ -45,6 +58,32 @@ def data_fingerprint(ann_file: Path, img_dir: Path, det_file: Path | None) -> di
         "images_digest": canonical_digest(listing),
         "images": len(listing),
     }
+
+
+# What differs between two runs of the same row on the same machine even when every number is the same:
+# clocks, the command line, and which rows shared its data pass. Everything else of a record is the
+# measurement; `comparable` drops these, so a row run in a table and run alone can be compared whole.
+VOLATILE = (
+    ("started",),
+    ("finished",),
+    ("command",),
+    ("timings",),
+    ("inference", "crops_per_s"),
+    ("inference", "data_s"),
+    ("inference", "shared_pass"),
+)
+
+
+def comparable(record: Mapping[str, Any]) -> dict[str, Any]:
+    """The record without its `VOLATILE` fields."""
+    out = json.loads(json.dumps(record, default=str))
+    for path in VOLATILE:
+        parent = out
+        for key in path[:-1]:
+            parent = parent.get(key) if isinstance(parent, dict) else None
+        if isinstance(parent, dict):
+            parent.pop(path[-1], None)
+    return out
 
 
 def write_json(path: Path, obj: Any) -> None:
@@ -132,3 +171,127 @@ def load_records(results: Path) -> dict[str, dict[str, Any]]:
         record = read_record(path)
         records[record["row_id"]] = record
     return records
+
+
+# --------------------------------------------------------------------------------------------------
+# a row still running: checkpointed chunks, and the lock that keeps a second process out
+
+
+class PartialPredictions:
+    """The instances a running row has decoded so far, in chunks on disk, so that a killed run
+    resumes at its last chunk instead of from zero.
+
+    Chunks end on the row's batch boundaries, so the resumed run cuts the same batches an
+    uninterrupted one would and its predictions are byte-identical. `key` names what the chunks
+    were made for (the row's fingerprint and the sample stream); chunks of another key are removed.
+    """
+
+    def __init__(self, out: Path, row_id: str, key: str, part: str = "partial") -> None:
+        self.dir = row_dir(out, row_id) / part
+        self.key = key
+        self.index_path = self.dir / "index.json"
+
+    def _index(self) -> dict[str, Any] | None:
+        try:
+            index = json.loads(self.index_path.read_text())
+        except (OSError, ValueError):
+            return None
+        return index if isinstance(index, dict) and index.get("key") == self.key else None
+
+    def load(self) -> tuple[int, list[Any]]:
+        """(samples done, the chunks' Instances in order) for this key; (0, []) after clearing
+        anything stale or damaged."""
+        from zoo.metrics import Instances
+
+        index = self._index()
+        if index is None:
+            self.clear()
+            return 0, []
+        parts, done = [], 0
+        for entry in index["chunks"]:
+            path = self.dir / entry["file"]
+            try:
+                data = path.read_bytes()
+            except OSError:
+                break
+            if hashlib.sha256(data).hexdigest() != entry["sha256"]:
+                break
+            with np.load(io.BytesIO(data)) as arrays:
+                parts.append(Instances(**{name: arrays[name] for name in arrays.files}))
+            done = entry["done"]
+        if len(parts) != len(index["chunks"]):
+            log.warning("%s: damaged checkpoint chunk; resuming from sample %d", self.dir, done)
+            self._write_index(index["chunks"][: len(parts)])
+        return done, parts
+
+    def add(self, done: int, instances: Any) -> None:
+        """Append a chunk holding `instances`, after which `done` samples are covered."""
+        from dataclasses import asdict
+
+        index = self._index() or {"key": self.key, "chunks": []}
+        buffer = io.BytesIO()
+        np.savez(buffer, **asdict(instances))
+        data = buffer.getvalue()
+        name = f"chunk-{len(index['chunks']):06d}.npz"
+        write_atomic(self.dir / name, data)
+        self._write_index(
+            [*index["chunks"], {"file": name, "done": done, "sha256": hashlib.sha256(data).hexdigest()}]
+        )
+
+    def _write_index(self, chunks: list[dict[str, Any]]) -> None:
+        write_json(self.index_path, {"key": self.key, "chunks": chunks})
+
+    def clear(self) -> None:
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+class CheckpointSink:
+    """Collects a row's decoded batches and writes a chunk every `every_s` seconds, at the end of a
+    full batch of the row's configured size (so chunks end where an uninterrupted run cuts batches)."""
+
+    def __init__(self, partial: PartialPredictions, batch_size: int, every_s: float) -> None:
+        self.partial, self.batch_size, self.every_s = partial, batch_size, every_s
+        self.pending: list[Any] = []
+        self.last = time.monotonic()
+
+    def __call__(self, done: int, instances: Any) -> None:
+        from zoo.metrics import Instances
+
+        self.pending.append(instances)
+        if done % self.batch_size == 0 and time.monotonic() - self.last >= self.every_s:
+            self.partial.add(done, Instances.concat(self.pending))
+            self.pending, self.last = [], time.monotonic()
+
+
+@contextlib.contextmanager
+def row_lock(
+    out: Path, row_id: str, command: Sequence[str], say: Callable[[str], None] = log.info
+) -> Iterator[None]:
+    """Hold the row's output for this process. A second process running the same row into the same
+    folder waits for the first, saying which process holds it, then finds its work done."""
+    from filelock import FileLock, Timeout
+
+    folder = row_dir(out, row_id)
+    folder.mkdir(parents=True, exist_ok=True)
+    lock = FileLock(str(folder / ".lock"))
+    owner = folder / ".lock.owner"
+    try:
+        lock.acquire(timeout=0)
+    except Timeout:
+        try:
+            holder = json.loads(owner.read_text())
+            who = f"pid {holder['pid']} on {holder['host']} ({holder['command']}, since {holder['since']})"
+        except (OSError, ValueError, KeyError):
+            who = "another process"
+        say(f"{row_id}: {folder} is being written by {who}; waiting for it")
+        lock.acquire()
+    try:
+        write_json(owner, {
+            "pid": os.getpid(), "host": socket.gethostname(), "command": " ".join(command),
+            "since": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        })  # fmt: skip
+        yield
+    finally:
+        with contextlib.suppress(OSError):
+            owner.unlink()
+        lock.release()

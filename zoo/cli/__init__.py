@@ -53,6 +53,17 @@ def at_least(minimum: int):
     return parse
 
 
+def seconds(text: str) -> float:
+    """argparse type: a finite number of seconds >= 0."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected seconds (a number >= 0), got {text!r}") from None
+    if not 0 <= value < float("inf"):
+        raise argparse.ArgumentTypeError(f"expected seconds (a number >= 0), got {text}")
+    return value
+
+
 def add_fetch_options(parser: argparse.ArgumentParser) -> None:
     """Where checkpoints are cached and whether the network may be used (fetch, run, reproduce)."""
     parser.add_argument(
@@ -98,7 +109,22 @@ def add_run_options(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="mmpose's own data pipeline and xtcocotools metrics instead of the (identical) fast paths",
     )
-    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    parser.add_argument(
+        "--no-progress", action="store_true", help="no progress bar (a progress line every 30 s instead)"
+    )
+    parser.add_argument(
+        "--cuda-graphs",
+        action="store_true",
+        help="replay each model's forward pass as a CUDA graph (the same kernels, less launch overhead)",
+    )
+    parser.add_argument(
+        "--decode-threads", type=at_least(1), default=None, metavar="N",
+        help="threads decoding heatmaps beside the model (default: the cores the data workers leave)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--checkpoint-every", type=seconds, default=60.0, metavar="SECONDS",
+        help="seconds between checkpointed chunks of a running row; a killed row resumes there (default 60)",
+    )  # fmt: skip
     add_fetch_options(parser)
 
 
@@ -110,7 +136,8 @@ def run_options(args: argparse.Namespace):  # -> zoo.evaluate.RunOptions (import
         data_root=args.data_root, boxes=args.boxes, device=args.device, batch_size=args.batch_size,
         workers=args.workers, subset=args.subset, out=args.out, force=args.force, cache=args.cache,
         offline=args.offline or None, launcher=getattr(args, "launcher", "auto"),
-        progress=not args.no_progress, reference=args.reference, argv=["zoo", *sys.argv[1:]],
+        progress=not args.no_progress, reference=args.reference, cuda_graphs=args.cuda_graphs,
+        decode_threads=args.decode_threads, checkpoint_every=args.checkpoint_every, argv=list(args.argv),
     )  # fmt: skip
 
 
@@ -128,7 +155,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
     args = parser.parse_args(argv)
+    args.argv = ["zoo", *argv]  # what this invocation was given, recorded in its results
     if getattr(args, "manifests", "absent") is None:
         args.manifests = default_manifests_dir()
     try:

@@ -1,4 +1,4 @@
-"""`zoo run`: evaluate manifest rows end to end (thin shell over zoo.evaluate.run_row)."""
+"""`zoo run`: evaluate manifest rows end to end (thin shell over zoo.evaluate.run_rows)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import logging
 import sys
 
 from zoo.cli import add_common, add_run_options, run_options
-from zoo.errors import InputError, ZooError
+from zoo.errors import InputError
 
 
 def parse_shard(text: str) -> tuple[int, int]:
@@ -37,30 +37,23 @@ def select_rows(manifests, ids: list[str], all_rows: bool, table: str | None, sh
 
 
 def _run(args: argparse.Namespace) -> int:
-    from zoo.evaluate import run_row
+    from zoo.evaluate import run_rows
     from zoo.manifest import load_manifests
 
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
     manifests = load_manifests(args.manifests)
     rows = select_rows(manifests, args.rows, args.all, args.table, args.shard)
     opts = run_options(args)
+    records = run_rows(rows, manifests, opts, say=lambda text: print(text, file=sys.stderr, flush=True))
     failed = 0
-    for row in rows:
-        try:
-            record = run_row(row, manifests, opts)
-        except InputError:
-            raise
-        except ZooError as exc:
-            from zoo.evaluate import write_error_record
-
-            write_error_record(opts, row, str(exc))
-            print(f"zoo: error: {row.id}: {exc}", file=sys.stderr)
-            failed += 1
-            continue
+    for row, record in zip(rows, records, strict=True):
         if record is None:  # a non-zero rank of a distributed run
             continue
+        if record["status"] != "ok":
+            failed += 1
+            continue
         whole = record["metrics"]["wholebody"]
-        print(f"{row.id}\tWhole AP {whole['AP']:.4f}\tAR {whole['AR']:.4f}\t{opts.out / row.id}")
+        print(f"{row.id}\tWhole AP {whole['AP']:.4f}\tAR {whole['AR']:.4f}\t{opts.out / row.id}", flush=True)
     return 1 if failed else 0
 
 

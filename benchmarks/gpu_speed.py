@@ -1,0 +1,474 @@
+"""P3: `zoo run` vs mmpose's `Runner.from_cfg(cfg).test()` on one CUDA device, and the whole table.
+
+What is compared, per benchmarked row (the same synthetic data, checkpoint, device, batch size and
+data workers; every path its own process):
+  runner       `Runner.from_cfg(cfg).test()` with the row's config (as `reference_run` builds it):
+               its loop (mmpose's per-box pipeline, `test_step`, the metric's per-box processing)
+               and, separately, its metric;
+  zoo          `zoo run ROW --device cuda` as a user runs it (a second time with --cuda-graphs);
+  model-bound  the forward pass and flip test alone (`zoo.inference.HeatmapModel`) on a batch already
+               on the GPU, at the same batch size: the pace the hardware allows.
+boxes/s is boxes over the loop's wall time (zoo: `inference.crops_per_s` of the record; runner: its
+test loop without the metric). The predictions must be identical: zoo's results records equal the
+ones mmpose's metric writes, and its whole-body stats equal the Runner's.
+
+The whole table: `zoo run --table coco-wholebody` on the same data, timed in one process, and
+extrapolated to full scale (5,000 images, ~104k detector boxes per row): the one-pass costs
+(start-up, model builds) as measured, the passes scaled by 104,125 / measured boxes, plus each row's
+post-processing and evaluation measured at full scale on synthetic predictions.
+
+    python -m benchmarks.gpu_speed                                   # on the machine's GPU
+    python -m benchmarks.gpu_speed --device cpu --images 2 --rows res50-256x192   # a dry run
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import gzip
+import json
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from benchmarks import _common
+
+MODULE = "benchmarks.gpu_speed"
+CSV_NAME = "gpu_speed.csv"
+MD_NAME = "gpu_speed.md"
+PACKAGES = ("torch", "numpy", "opencv-python", "opencv-python-headless", "mmpose", "mmcv", "mmengine")
+MANIFESTS = _common.ROOT / "manifests"
+ROWS = ("hrnet-w48-dark-plus-384x288", "hrnet-w32-256x192", "cspnext-m-udp-256x192")
+TABLE = "coco-wholebody"
+FULL_BOXES = 104125  # the detector boxes of the published COCO-WholeBody rows
+
+
+def _zoo(args: Sequence[str], timeout: float) -> tuple[float, str]:
+    t = time.perf_counter()
+    proc = subprocess.run(
+        [sys.executable, "-m", "zoo", *args],
+        cwd=_common.ROOT,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+    if proc.returncode != 0:
+        raise RuntimeError(
+            f"zoo {' '.join(args[:3])} ... failed ({proc.returncode}): {proc.stderr.strip()[-1500:]}"
+        )
+    return time.perf_counter() - t, proc.stderr
+
+
+# --------------------------------------------------------------------------------------------------
+# workers (each in its own process)
+
+
+def _row_config(mdir: Path, row_id: str, root: Path, workers: int) -> tuple[Any, Any, Any]:
+    from zoo import compat, fetch
+    from zoo.data import dataset_paths, load_boxes, load_registry
+    from zoo.evaluate import load_config
+    from zoo.manifest import load_manifests
+
+    compat.apply()
+    manifests = load_manifests(mdir)
+    row = manifests.row(row_id)
+    paths = dataset_paths(load_registry(mdir).get(row.dataset), root)
+    cfg = load_config(row, paths, load_boxes(row.boxes, paths), workers=workers)
+    return row, cfg, fetch.fetch_row(row, lock=fetch.ChecksumLock(mdir / "checkpoints.lock"), offline=True)
+
+
+def runner_worker(
+    mdir: Path, row_id: str, root: Path, workers: int, device: str, work: Path
+) -> dict[str, Any]:
+    """mmpose's own test: Runner.from_cfg(cfg).test(), its loop timed apart from its metric."""
+    import contextlib
+
+    from mmengine.hooks import Hook
+    from mmengine.runner import Runner
+
+    from zoo import fetch
+    from zoo.evaluate import load_weights
+
+    row, cfg, ckpt = _row_config(mdir, row_id, root, workers)
+    state = fetch.load_checkpoint(ckpt)
+    cfg = copy.deepcopy(cfg)
+    cfg.work_dir = str(work)
+    cfg.load_from = None
+    cfg.launcher = "none"
+    cfg.test_evaluator.outfile_prefix = str(work / "mmpose")  # its results records, to compare with zoo's
+    marks: dict[str, float] = {}
+
+    class Clock(Hook):
+        def before_test_epoch(self, runner: Any) -> None:
+            marks["start"] = time.perf_counter()
+
+        def after_test_iter(
+            self, runner: Any, batch_idx: int, data_batch: Any = None, outputs: Any = None
+        ) -> None:
+            marks["loop_end"] = time.perf_counter()
+
+    t = time.perf_counter()
+    with contextlib.redirect_stdout(sys.stderr):
+        runner = Runner.from_cfg(cfg)
+        runner.register_hook(Clock(), priority="LOWEST")
+        load_weights(runner.model, state, cfg.filename)
+        build_s = time.perf_counter() - t
+        t = time.perf_counter()
+        scores = runner.test()
+        test_s = time.perf_counter() - t
+    return {
+        "build_s": build_s,
+        "test_s": test_s,
+        "loop_s": marks["loop_end"] - marks["start"],
+        "boxes": len(runner.test_dataloader.dataset),
+        "scores": {k: float(v) for k, v in scores.items()},
+        "records_file": str(work / "mmpose.keypoints.json"),
+    }
+
+
+def model_bound_worker(
+    mdir: Path, row_id: str, root: Path, device: str, batch: int, seconds: float, graphs: bool
+) -> dict[str, Any]:
+    """boxes/s of the forward pass + flip test alone, on one batch of real crops kept on the GPU."""
+    import torch
+
+    from zoo import fetch
+    from zoo.crops import chunk_loader
+    from zoo.evaluate import build_dataset, build_model
+    from zoo.inference import HeatmapModel, Numerics, inference_mode
+
+    row, cfg, ckpt = _row_config(mdir, row_id, root, 0)
+    dataset = build_dataset(cfg)
+    crops = []
+    for chunk in chunk_loader(dataset, list(range(len(dataset)))):
+        crops.append(chunk["crops"])
+        if sum(len(c) for c in crops) >= batch:
+            break
+    x = torch.cat(crops)[:batch].to(device)
+    model = HeatmapModel(
+        build_model(cfg, device, fetch.load_checkpoint(ckpt)),
+        dataset.metainfo["flip_indices"],
+        cuda_graphs=graphs,
+    )
+    sync = torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
+    with inference_mode(Numerics.for_config(cfg, device, cuda_graphs=graphs)), torch.no_grad():
+        for _ in range(3):
+            model(x)
+        sync()
+        n, t = 0, time.perf_counter()
+        while time.perf_counter() - t < seconds or n < 3:
+            model(x)
+            n += 1
+        sync()
+        elapsed = time.perf_counter() - t
+    return {"boxes_per_s": n * len(x) / elapsed, "batch": len(x), "iterations": n, "graphs": graphs}
+
+
+def eval_full_worker(seed: int) -> dict[str, Any]:
+    """Post-processing + evaluation of one row at full scale (P1's synthetic set), seconds."""
+    from benchmarks.eval_speed import _instances, synthesize
+    from zoo import metrics
+
+    dataset, boxes = synthesize(5000, FULL_BOXES / 5000, seed)
+    instances = _instances(boxes)
+    t = time.perf_counter()
+    results = metrics.postprocess(instances)
+    records = results.to_records()
+    metrics.evaluate(results, dataset)
+    return {"seconds": time.perf_counter() - t, "boxes": len(boxes), "records": len(records)}
+
+
+# --------------------------------------------------------------------------------------------------
+# driver
+
+
+def _prepare(work: Path, images: int, rows: Sequence[str], seed: int) -> tuple[Path, Path, dict[str, Any]]:
+    """Synthetic COCO-sized data and the rows' random-weight checkpoints, fetched into the cache."""
+    from benchmarks.data_speed import prepare_data
+
+    data = prepare_data(work / "data", images, seed, noise=24.0)
+    return _common.local_zoo(work, rows, work / "data", seed), work / "data", data
+
+
+def _records_equal(ours: Path, theirs: Path) -> bool:
+    return json.loads(gzip.decompress(ours.read_bytes())) == json.loads(theirs.read_text())
+
+
+def run(
+    rows: Sequence[str] = ROWS,
+    images: int = 40,
+    device: str = "cuda",
+    workers: int = 8,
+    seed: int = 0,
+    table: bool = True,
+    model_seconds: float = 5.0,
+    out: Path = _common.RESULTS_DIR,
+    log: Any = print,
+) -> dict[str, Any]:
+    """Measure, write gpu_speed.csv/.md and merge the GPU keys into summary.json."""
+    from zoo.manifest import load_manifests
+
+    table_rows = [r.id for r in load_manifests(MANIFESTS).table(TABLE).rows] if table else []
+    work = Path(tempfile.mkdtemp(prefix="zoo-bench-gpu-"))
+    try:
+        t = time.perf_counter()
+        mdir, root, data = _prepare(work, images, list(dict.fromkeys([*rows, *table_rows])), seed)
+        log(
+            f"prepared {data['images']} images, {data['detections']} boxes, checkpoints in {time.perf_counter() - t:.0f} s"
+        )
+        results = []
+        for row_id in rows:
+            res: dict[str, Any] = {"row": row_id}
+            args = [str(mdir), row_id, str(root)]
+            res["runner"] = _common.run_worker(
+                MODULE, ["--runner", *args, str(workers), device, str(work / f"mm-{row_id}")]
+            )
+            common = [
+                "--manifests",
+                str(mdir),
+                "--data-root",
+                str(root),
+                "--device",
+                device,
+                "--workers",
+                str(workers),
+                "--no-progress",
+            ]
+            for mode, extra in (
+                ("zoo", []),
+                ("zoo_graphs", ["--cuda-graphs"] if device.startswith("cuda") else []),
+            ):
+                wall, _ = _zoo(["run", row_id, *common, *extra, "--out", str(work / mode)], timeout=900)
+                record = json.loads((work / mode / row_id / "result.json").read_text())
+                res[mode] = {"wall_s": wall, "record": record}
+            for graphs in (False, True) if device.startswith("cuda") else (False,):
+                key = "model_bound_graphs" if graphs else "model_bound"
+                batch = res["zoo"]["record"]["inference"]["batch_size"]
+                res[key] = _common.run_worker(
+                    MODULE,
+                    ["--model-bound", *args, device, str(batch), str(model_seconds), "1" if graphs else "0"],
+                )
+            res["identical"] = _records_equal(
+                work / "zoo" / row_id / "predictions.json.gz", Path(res["runner"]["records_file"])
+            )
+            whole = res["zoo"]["record"]["metrics"]["wholebody"]
+            res["metrics_identical"] = (
+                whole["AP"] == res["runner"]["scores"]["coco-wholebody/AP"]
+                and whole["AR"] == res["runner"]["scores"]["coco-wholebody/AR"]
+            )
+            res["graphs_identical"] = (work / "zoo" / row_id / "predictions.json.gz").read_bytes() == (
+                work / "zoo_graphs" / row_id / "predictions.json.gz"
+            ).read_bytes()
+            results.append(res)
+            log(_row_line(res))
+        summary = _write(results, None, data, images, device, workers, out)  # kept if the table fails
+        if table:
+            summary = _write(results, _table(work, mdir, root, device, workers, seed), data, images, device, workers, out)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    return summary
+
+
+def _table(work: Path, mdir: Path, root: Path, device: str, workers: int, seed: int) -> dict[str, Any]:
+    common = [
+        "--manifests",
+        str(mdir),
+        "--data-root",
+        str(root),
+        "--device",
+        device,
+        "--workers",
+        str(workers),
+    ]
+    wall, _ = _zoo(
+        ["run", "--table", TABLE, *common, "--no-progress", "--out", str(work / "table")], timeout=1800
+    )
+    records = [json.loads(p.read_text()) for p in sorted((work / "table").glob("*/result.json"))]
+    passes: dict[tuple, float] = {}
+    for r in records:  # rows sharing a pass report the same pass time
+        passes[tuple(sorted([r["row_id"], *r["inference"]["shared_pass"]]))] = r["timings"]["inference_s"]
+    boxes = records[0]["inference"]["crops"]
+    evaluation = sum(
+        r["timings"].get("evaluation_s", 0) + r["timings"].get("postprocess_s", 0) for r in records
+    )
+    full_eval = _common.run_worker(MODULE, ["--eval-full", str(seed)])
+    pass_s = sum(passes.values())
+    fixed_s = wall - pass_s - evaluation  # start-up, model builds, data set builds, writing records
+    full_s = fixed_s + pass_s * FULL_BOXES / boxes + len(records) * full_eval["seconds"]
+    return {
+        "rows": len(records),
+        "passes": len(passes),
+        "boxes_per_row": boxes,
+        "wall_s": wall,
+        "pass_s": pass_s,
+        "fixed_s": fixed_s,
+        "evaluation_s": evaluation,
+        "full_eval_s_per_row": full_eval["seconds"],
+        "full_minutes": full_s / 60,
+    }
+
+
+def _row_line(res: dict[str, Any]) -> str:
+    zoo = res["zoo"]["record"]["inference"]["crops_per_s"]
+    runner = res["runner"]["boxes"] / res["runner"]["loop_s"]
+    return (
+        f"{res['row']}: zoo {zoo:.1f} boxes/s, runner {runner:.1f}, model-bound {res['model_bound']['boxes_per_s']:.1f}, "
+        f"identical {res['identical']}/{res['metrics_identical']}"
+    )
+
+
+def _write(
+    results: list[dict[str, Any]], table: dict[str, Any] | None, data: dict[str, Any], images: int, device: str,
+    workers: int, out: Path,
+) -> dict[str, Any]:  # fmt: skip
+    import torch
+
+    rows = []
+    for res in results:
+        rec = res["zoo"]["record"]
+        zoo = rec["inference"]["crops_per_s"]
+        graphs = res["zoo_graphs"]["record"]["inference"]["crops_per_s"]
+        runner = res["runner"]["boxes"] / res["runner"]["loop_s"]
+        bound = res["model_bound"]["boxes_per_s"]
+        rows.append({
+            "row": res["row"], "boxes": rec["inference"]["crops"], "batch_size": rec["inference"]["batch_size"],
+            "zoo_boxes_per_s": round(zoo, 1), "zoo_graphs_boxes_per_s": round(graphs, 1),
+            "runner_boxes_per_s": round(runner, 1), "model_bound_boxes_per_s": round(bound, 1),
+            "model_bound_graphs_boxes_per_s": round(res.get("model_bound_graphs", res["model_bound"])["boxes_per_s"], 1),
+            "speedup": round(zoo / runner, 2), "fraction_of_model_bound": round(zoo / bound, 3),
+            "zoo_wall_s": round(res["zoo"]["wall_s"], 1), "runner_test_s": round(res["runner"]["test_s"], 1),
+            "runner_build_s": round(res["runner"]["build_s"], 1),
+            "zoo_model_build_s": round(rec["timings"].get("model_build_s", 0), 2),
+            "decode": rec["inference"]["decode"], "decode_threads": rec["inference"]["decode_threads"],
+            "identical": res["identical"] and res["metrics_identical"], "graphs_identical": res["graphs_identical"],
+        })  # fmt: skip
+    device_name = torch.cuda.get_device_name(0) if device.startswith("cuda") else "cpu"
+    summary = {
+        "date": _common.now_iso(),
+        "machine": _common.machine_info(PACKAGES) | {"device": device_name},
+        "images": images,
+        "boxes_per_image": round(data["detections"] / data["images"], 1),
+        "workers": workers,
+        "rows": rows,
+        "table": table,
+        "gpu_speedup": round(min(r["speedup"] for r in rows), 2),
+        "gpu_fraction_of_model_bound": round(min(r["fraction_of_model_bound"] for r in rows), 3),
+        "gpu_table_minutes": None if table is None else round(table["full_minutes"], 1),
+        "gpu_identical": all(r["identical"] for r in rows),
+    }
+    _common.write_csv(out / CSV_NAME, rows)
+    _common.write_text(out / MD_NAME, _markdown(summary))
+    keys = ("gpu_speedup", "gpu_fraction_of_model_bound", "gpu_table_minutes", "gpu_identical")
+    if device.startswith("cuda"):  # the GPU keys hold GPU measurements only
+        _common.update_summary(out, {
+            **{k: summary[k] for k in keys},
+            "runs": {"gpu_speed": {k: v for k, v in summary.items() if k not in keys}},
+        })  # fmt: skip
+    return summary
+
+
+def _markdown(summary: dict[str, Any]) -> str:
+    m = summary["machine"]
+    lines = [
+        "# P3 GPU speed: zoo run vs mmpose's Runner.test, and the whole table",
+        "",
+        f"Generated by `python -m {MODULE}` on {summary['date']}. Do not edit by hand.",
+        "",
+        f"- Device: {m['device']}; host {m['cpu']}, {m['cpus_usable']} usable CPUs, {m['memory_gib']} GiB RAM, "
+        f"Python {m['python']}",
+        "- Packages: " + ", ".join(f"{k} {v}" for k, v in m["packages"].items() if v),
+        f"- Data: {summary['images']} synthetic 640 px images, {summary['boxes_per_image']} detector boxes per image; "
+        f"random-weight checkpoints in OpenMMLab's layout; {summary['workers']} data workers for both paths",
+        "- boxes/s over each path's loop (zoo: its data pass; the Runner: its test loop without the metric);",
+        "  model-bound: forward + flip test on a batch already on the GPU, the same batch size.",
+        "",
+        "| row | batch | zoo boxes/s | zoo + CUDA graphs | Runner boxes/s | model-bound | model-bound, graphs | "
+        "zoo / Runner | zoo / model-bound | identical | graphs identical |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---|---|",
+        *(
+            f"| {r['row']} | {r['batch_size']} | {r['zoo_boxes_per_s']:.0f} | {r['zoo_graphs_boxes_per_s']:.0f} | "
+            f"{r['runner_boxes_per_s']:.1f} | {r['model_bound_boxes_per_s']:.0f} | {r['model_bound_graphs_boxes_per_s']:.0f} | "
+            f"{r['speedup']:.1f}x | {r['fraction_of_model_bound']:.0%} | {r['identical']} | {r['graphs_identical']} |"
+            for r in summary["rows"]
+        ),
+        "",
+        "| row | zoo wall s (process) | zoo model build s | Runner build s | Runner test() s | decode | decode threads |",
+        "|---|---:|---:|---:|---:|---|---:|",
+        *(
+            f"| {r['row']} | {r['zoo_wall_s']:.1f} | {r['zoo_model_build_s']:.2f} | {r['runner_build_s']:.1f} | "
+            f"{r['runner_test_s']:.1f} | {r['decode']} | {r['decode_threads']} |"
+            for r in summary["rows"]
+        ),
+        "",
+        f"- `gpu_speedup` (the smallest zoo / Runner ratio): **{summary['gpu_speedup']:.1f}x**; "
+        f"`gpu_fraction_of_model_bound` (the smallest): **{summary['gpu_fraction_of_model_bound']:.0%}**",
+        f"- Identical (zoo's results records == the ones mmpose's metric writes, whole-body AP/AR equal): "
+        f"**{summary['gpu_identical']}**",
+    ]
+    t = summary["table"]
+    if t:
+        lines += [
+            f"- Whole table (`zoo run --table {TABLE}`, {t['rows']} rows in {t['passes']} data passes): "
+            f"{t['wall_s']:.0f} s for {t['boxes_per_row']} boxes per row, of which passes {t['pass_s']:.0f} s, "
+            f"start-up and model builds {t['fixed_s']:.0f} s; at full scale ({FULL_BOXES} boxes per row, "
+            f"{t['full_eval_s_per_row']:.1f} s of post-processing and evaluation per row): "
+            f"**{summary['gpu_table_minutes']} minutes** (extrapolated)",
+        ]
+    return "\n".join([*lines, ""])
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog=f"python -m {MODULE}", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--rows", nargs="+", default=list(ROWS))
+    parser.add_argument("--images", type=int, default=40, help="synthetic 640 px images (~21 boxes each)")
+    parser.add_argument("--device", default="cuda")
+    parser.add_argument("--workers", type=int, default=8, help="data workers, both paths")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--no-table", action="store_true", help="skip the whole-table run")
+    parser.add_argument(
+        "--model-seconds", type=float, default=5.0, help="timing window of the model-bound runs"
+    )
+    parser.add_argument("--out", type=Path, default=_common.RESULTS_DIR, help="results folder")
+    parser.add_argument("--runner", nargs=6, help=argparse.SUPPRESS)
+    parser.add_argument("--model-bound", nargs=7, help=argparse.SUPPRESS)
+    parser.add_argument("--eval-full", type=int, help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.runner:
+        mdir, row_id, root, workers, device, work = args.runner
+        _common.emit(runner_worker(Path(mdir), row_id, Path(root), int(workers), device, Path(work)))
+        return 0
+    if args.model_bound:
+        mdir, row_id, root, device, batch, seconds, graphs = args.model_bound
+        _common.emit(
+            model_bound_worker(
+                Path(mdir), row_id, Path(root), device, int(batch), float(seconds), graphs == "1"
+            )
+        )
+        return 0
+    if args.eval_full is not None:
+        _common.emit(eval_full_worker(args.eval_full))
+        return 0
+    s = run(
+        args.rows,
+        args.images,
+        args.device,
+        args.workers,
+        args.seed,
+        not args.no_table,
+        args.model_seconds,
+        args.out,
+    )
+    print(
+        f"gpu speedup {s['gpu_speedup']:.1f}x, {s['gpu_fraction_of_model_bound']:.0%} of model-bound, "
+        f"table {s['gpu_table_minutes']} min, identical {s['gpu_identical']} -> {args.out / MD_NAME}"
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

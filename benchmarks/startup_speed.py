@@ -1,0 +1,163 @@
+"""Start-up: what `zoo run` spends before its first batch, in a fresh process, on a warm machine.
+
+Each measurement is a new Python process (the file cache warmed by one untimed run first) that
+imports the stack the way `zoo run` does, loads the row's config, reads a verified checkpoint and
+builds the model with its weights: the wall time of that whole process, and inside it the seconds
+of each step. Also recorded: whether `transformers` is installed and whether it was imported (mmdet
+imports it for its language models when its model registry loads, which CSPNeXt's backbone needs;
+`zoo.compat.import_models` keeps it out). Run it once in an environment with transformers and once
+without (`--extra-path DIR` puts a folder holding it on the path).
+
+    python -m benchmarks.startup_speed
+    python -m benchmarks.startup_speed --extra-path /tmp/with-transformers --label with-transformers
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from benchmarks import _common
+
+MODULE = "benchmarks.startup_speed"
+MD_NAME = "startup_speed.md"
+PACKAGES = ("torch", "mmpose", "mmdet", "mmcv", "transformers")
+ROWS = ("hrnet-w48-dark-plus-384x288", "cspnext-m-udp-256x192")
+TARGET_S = 5.0
+
+
+def worker(mdir: Path, row_id: str) -> dict[str, Any]:
+    """The steps of `zoo run` before its first batch; seconds each (this process was just started)."""
+    marks = [("start", time.perf_counter())]
+    import zoo.evaluate as evaluate  # the CLI's own imports
+    from zoo import fetch
+    from zoo.data import dataset_paths, load_registry
+    from zoo.manifest import load_manifests
+
+    marks.append(("import", time.perf_counter()))
+    row = load_manifests(mdir).row(row_id)
+    cfg = evaluate.load_config(row, dataset_paths(load_registry(mdir).get(row.dataset), mdir))
+    marks.append(("config", time.perf_counter()))
+    ckpt = fetch.fetch_row(row, lock=fetch.ChecksumLock(mdir / "checkpoints.lock"), offline=True)
+    state = fetch.load_checkpoint(ckpt)  # re-hashed: the verified-load path
+    marks.append(("weights", time.perf_counter()))
+    evaluate.build_model(cfg, "cpu", state)
+    marks.append(("model", time.perf_counter()))
+    steps = {b[0]: b[1] - a[1] for a, b in zip(marks, marks[1:], strict=False)}
+    return {
+        "steps": steps,
+        "in_process_s": marks[-1][1] - marks[0][1],
+        "transformers_installed": importlib.util.find_spec("transformers") is not None,
+        "transformers_imported": "transformers" in sys.modules,
+    }
+
+
+def run(
+    rows: Sequence[str] = ROWS, repeats: int = 3, extra_path: Path | None = None, label: str = "default",
+    out: Path = _common.RESULTS_DIR,
+) -> dict[str, Any]:  # fmt: skip
+    env = dict(os.environ)
+    if extra_path is not None:
+        env["PYTHONPATH"] = os.pathsep.join([str(extra_path), str(_common.ROOT), env.get("PYTHONPATH", "")])
+    work = Path(tempfile.mkdtemp(prefix="zoo-bench-startup-"))
+    results = []
+    try:
+        mdir = _common.local_zoo(work, rows, work)
+        env["ZOO_CACHE"] = os.environ["ZOO_CACHE"]
+        for row_id in rows:
+            walls, inner = [], []
+            for rep in range(repeats + 1):  # the first run warms the file cache and is not counted
+                t = time.perf_counter()
+                proc = subprocess.run(
+                    [sys.executable, "-m", MODULE, "--worker", str(mdir), row_id],
+                    cwd=_common.ROOT, capture_output=True, text=True, env=env, timeout=600,
+                )  # fmt: skip
+                wall = time.perf_counter() - t
+                if proc.returncode != 0:
+                    raise RuntimeError(f"startup worker failed: {proc.stderr.strip()[-2000:]}")
+                if rep:
+                    walls.append(wall)
+                    inner.append(json.loads(proc.stdout.strip().splitlines()[-1]))
+            last = inner[-1]
+            results.append({
+                "row": row_id, "process_s": _common.median(walls),
+                "in_process_s": _common.median(i["in_process_s"] for i in inner),
+                "steps": {k: _common.median(i["steps"][k] for i in inner) for k in last["steps"]},
+                "transformers_installed": last["transformers_installed"],
+                "transformers_imported": last["transformers_imported"],
+            })  # fmt: skip
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    summary = {
+        "date": _common.now_iso(),
+        "machine": _common.machine_info(PACKAGES),
+        "label": label,
+        "repeats": repeats,
+        "rows": results,
+        "startup_seconds": round(max(r["process_s"] for r in results), 2),
+        "transformers_installed": any(r["transformers_installed"] for r in results),
+        "transformers_imported": any(r["transformers_imported"] for r in results),
+    }
+    _common.write_text(out / f"startup_speed-{label}.md", _markdown(summary))
+    _common.update_summary(out, {"runs": {"startup_speed": {label: summary}}})
+    return summary
+
+
+def _markdown(summary: dict[str, Any]) -> str:
+    m = summary["machine"]
+    steps = list(summary["rows"][0]["steps"])
+    lines = [
+        f"# Start-up ({summary['label']}): a fresh `zoo run` process up to its first batch",
+        "",
+        f"Generated by `python -m {MODULE}` on {summary['date']}. Do not edit by hand.",
+        "",
+        f"- Machine: {m['cpu']}, {m['cpus_usable']} usable CPUs, Python {m['python']}",
+        "- Packages: " + ", ".join(f"{k} {v}" for k, v in m["packages"].items()),
+        f"- transformers installed: {summary['transformers_installed']}; imported: {summary['transformers_imported']}",
+        f"- Medians of {summary['repeats']} fresh processes after one warm-up run; target {TARGET_S:.0f} s",
+        "",
+        "| row | process wall s | in process s | " + " | ".join(f"{s} s" for s in steps) + " |",
+        "|---|---:|---:|" + "---:|" * len(steps),
+        *(
+            f"| {r['row']} | {r['process_s']:.2f} | {r['in_process_s']:.2f} | "
+            + " | ".join(f"{r['steps'][s]:.2f}" for s in steps)
+            + " |"
+            for r in summary["rows"]
+        ),
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog=f"python -m {MODULE}", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--rows", nargs="+", default=list(ROWS))
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--extra-path", type=Path, default=None, help="a folder put first on PYTHONPATH")
+    parser.add_argument("--label", default="default", help="names the result file (e.g. with-transformers)")
+    parser.add_argument("--out", type=Path, default=_common.RESULTS_DIR, help="results folder")
+    parser.add_argument("--worker", nargs=2, help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.worker:
+        _common.emit(worker(Path(args.worker[0]), args.worker[1]))
+        return 0
+    s = run(args.rows, args.repeats, args.extra_path, args.label, args.out)
+    print(
+        f"start-up {s['startup_seconds']:.1f} s (transformers installed {s['transformers_installed']}, "
+        f"imported {s['transformers_imported']}) -> {args.out / f'startup_speed-{args.label}.md'}"
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
