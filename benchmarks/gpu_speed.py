@@ -8,14 +8,15 @@ data workers; every path its own process):
   zoo          `zoo run ROW --device cuda` as a user runs it (a second time with --cuda-graphs);
   model-bound  the forward pass and flip test alone (`zoo.inference.HeatmapModel`) on a batch already
                on the GPU, at the same batch size: the pace the hardware allows.
-boxes/s is boxes over the loop's wall time (zoo: `inference.crops_per_s` of the record; runner: its
-test loop without the metric). The predictions must be identical: zoo's results records equal the
+boxes/s is boxes over the loop's wall time from its first batch on (zoo: `inference.crops_per_s` of
+the record; runner: its test loop without the metric; neither counts the data workers' start-up). The predictions must be identical: zoo's results records equal the
 ones mmpose's metric writes, and its whole-body stats equal the Runner's.
 
 The whole table: `zoo run --table coco-wholebody` on the same data, timed in one process, and
-extrapolated to full scale (5,000 images, ~104k detector boxes per row): the one-pass costs
-(start-up, model builds) as measured, the passes scaled by 104,125 / measured boxes, plus each row's
-post-processing and evaluation measured at full scale on synthetic predictions.
+extrapolated to full scale (5,000 images, ~104k detector boxes per row): the one-time costs
+(start-up, model builds, data workers starting) as measured, each pass's steady part scaled by
+104,125 / measured boxes, plus each row's post-processing and evaluation measured at full scale on
+synthetic predictions.
 
     python -m benchmarks.gpu_speed                                   # on the machine's GPU
     python -m benchmarks.gpu_speed --device cpu --images 2 --rows res50-256x192   # a dry run
@@ -103,9 +104,9 @@ def runner_worker(
     cfg.test_evaluator.outfile_prefix = str(work / "mmpose")  # its results records, to compare with zoo's
     marks: dict[str, float] = {}
 
-    class Clock(Hook):
-        def before_test_epoch(self, runner: Any) -> None:
-            marks["start"] = time.perf_counter()
+    class Clock(Hook):  # from the first batch on, as zoo's crops_per_s (not the workers' start-up)
+        def before_test_iter(self, runner: Any, batch_idx: int, data_batch: Any = None) -> None:
+            marks.setdefault("start", time.perf_counter())
 
         def after_test_iter(
             self, runner: Any, batch_idx: int, data_batch: Any = None, outputs: Any = None
@@ -195,6 +196,57 @@ def _prepare(work: Path, images: int, rows: Sequence[str], seed: int) -> tuple[P
     return _common.local_zoo(work, rows, work / "data", seed), work / "data", data
 
 
+def _measure_row(
+    work: Path, mdir: Path, root: Path, row_id: str, device: str, workers: int, model_seconds: float, log: Any
+) -> dict[str, Any]:
+    """Every measurement of one row. A failed one is recorded and the others go on: the machine
+    is lent for minutes, and one broken path must not cost the rest."""
+    res: dict[str, Any] = {"row": row_id, "errors": {}}
+    args = [str(mdir), row_id, str(root)]
+    common = ["--manifests", str(mdir), "--data-root", str(root), "--device", device, "--workers", str(workers),
+              "--no-progress"]  # fmt: skip
+    cuda = device.startswith("cuda")
+    steps: list[tuple[str, Any]] = [
+        ("runner", lambda: _common.run_worker(
+            MODULE, ["--runner", *args, str(workers), device, str(work / f"mm-{row_id}")])),
+        ("zoo", lambda: _zoo_run(work, "zoo", row_id, common)),
+    ]  # fmt: skip
+    if cuda:
+        steps.append(("zoo_graphs", lambda: _zoo_run(work, "zoo_graphs", row_id, [*common, "--cuda-graphs"])))
+    for key, graphs in (("model_bound", "0"), ("model_bound_graphs", "1"))[: 2 if cuda else 1]:
+        steps.append((key, lambda graphs=graphs: _common.run_worker(MODULE, [
+            "--model-bound", *args, device, str(_batch(res)), str(model_seconds), graphs])))  # fmt: skip
+    for name, fn in steps:
+        try:
+            res[name] = fn()
+        except Exception as exc:  # noqa: BLE001
+            res["errors"][name] = str(exc)[-500:]
+            log(f"{row_id}: {name} failed: {res['errors'][name]}")
+    if "zoo" in res and "runner" in res:
+        res["identical"] = _records_equal(
+            work / "zoo" / row_id / "predictions.json.gz", Path(res["runner"]["records_file"])
+        )
+        whole = res["zoo"]["record"]["metrics"]["wholebody"]
+        res["metrics_identical"] = (
+            whole["AP"] == res["runner"]["scores"]["coco-wholebody/AP"]
+            and whole["AR"] == res["runner"]["scores"]["coco-wholebody/AR"]
+        )
+    if "zoo" in res and "zoo_graphs" in res:
+        read = [(work / m / row_id / "predictions.json.gz").read_bytes() for m in ("zoo", "zoo_graphs")]
+        res["graphs_identical"] = read[0] == read[1]
+    return res
+
+
+def _batch(res: dict[str, Any]) -> int:
+    """The batch size zoo ran the row with (its config's), for the model-bound run."""
+    return res["zoo"]["record"]["inference"]["batch_size"] if "zoo" in res else 32
+
+
+def _zoo_run(work: Path, mode: str, row_id: str, args: Sequence[str]) -> dict[str, Any]:
+    wall, _ = _zoo(["run", row_id, *args, "--out", str(work / mode)], timeout=900)
+    return {"wall_s": wall, "record": json.loads((work / mode / row_id / "result.json").read_text())}
+
+
 def _records_equal(ours: Path, theirs: Path) -> bool:
     return json.loads(gzip.decompress(ours.read_bytes())) == json.loads(theirs.read_text())
 
@@ -209,11 +261,16 @@ def run(
     model_seconds: float = 5.0,
     out: Path = _common.RESULTS_DIR,
     log: Any = print,
+    table_rows: Sequence[str] | None = None,
 ) -> dict[str, Any]:
-    """Measure, write gpu_speed.csv/.md and merge the GPU keys into summary.json."""
+    """Measure, write gpu_speed.csv/.md and merge the GPU keys into summary.json. The whole-table
+    run covers `table_rows` (default: every row of the table)."""
     from zoo.manifest import load_manifests
 
-    table_rows = [r.id for r in load_manifests(MANIFESTS).table(TABLE).rows] if table else []
+    if not table:
+        table_rows = []
+    elif table_rows is None:
+        table_rows = [r.id for r in load_manifests(MANIFESTS).table(TABLE).rows]
     work = Path(tempfile.mkdtemp(prefix="zoo-bench-gpu-"))
     try:
         t = time.perf_counter()
@@ -223,52 +280,13 @@ def run(
         )
         results = []
         for row_id in rows:
-            res: dict[str, Any] = {"row": row_id}
-            args = [str(mdir), row_id, str(root)]
-            res["runner"] = _common.run_worker(
-                MODULE, ["--runner", *args, str(workers), device, str(work / f"mm-{row_id}")]
-            )
-            common = [
-                "--manifests",
-                str(mdir),
-                "--data-root",
-                str(root),
-                "--device",
-                device,
-                "--workers",
-                str(workers),
-                "--no-progress",
-            ]
-            for mode, extra in (
-                ("zoo", []),
-                ("zoo_graphs", ["--cuda-graphs"] if device.startswith("cuda") else []),
-            ):
-                wall, _ = _zoo(["run", row_id, *common, *extra, "--out", str(work / mode)], timeout=900)
-                record = json.loads((work / mode / row_id / "result.json").read_text())
-                res[mode] = {"wall_s": wall, "record": record}
-            for graphs in (False, True) if device.startswith("cuda") else (False,):
-                key = "model_bound_graphs" if graphs else "model_bound"
-                batch = res["zoo"]["record"]["inference"]["batch_size"]
-                res[key] = _common.run_worker(
-                    MODULE,
-                    ["--model-bound", *args, device, str(batch), str(model_seconds), "1" if graphs else "0"],
-                )
-            res["identical"] = _records_equal(
-                work / "zoo" / row_id / "predictions.json.gz", Path(res["runner"]["records_file"])
-            )
-            whole = res["zoo"]["record"]["metrics"]["wholebody"]
-            res["metrics_identical"] = (
-                whole["AP"] == res["runner"]["scores"]["coco-wholebody/AP"]
-                and whole["AR"] == res["runner"]["scores"]["coco-wholebody/AR"]
-            )
-            res["graphs_identical"] = (work / "zoo" / row_id / "predictions.json.gz").read_bytes() == (
-                work / "zoo_graphs" / row_id / "predictions.json.gz"
-            ).read_bytes()
-            results.append(res)
-            log(_row_line(res))
+            results.append(_measure_row(work, mdir, root, row_id, device, workers, model_seconds, log))
+            log(_row_line(results[-1]))
         summary = _write(results, None, data, images, device, workers, out)  # kept if the table fails
         if table:
-            summary = _write(results, _table(work, mdir, root, device, workers, seed), data, images, device, workers, out)
+            summary = _write(
+                results, _table(work, mdir, root, device, workers, seed), data, images, device, workers, out
+            )
     finally:
         shutil.rmtree(work, ignore_errors=True)
     return summary
@@ -289,17 +307,26 @@ def _table(work: Path, mdir: Path, root: Path, device: str, workers: int, seed: 
         ["run", "--table", TABLE, *common, "--no-progress", "--out", str(work / "table")], timeout=1800
     )
     records = [json.loads(p.read_text()) for p in sorted((work / "table").glob("*/result.json"))]
-    passes: dict[tuple, float] = {}
-    for r in records:  # rows sharing a pass report the same pass time
-        passes[tuple(sorted([r["row_id"], *r["inference"]["shared_pass"]]))] = r["timings"]["inference_s"]
+    failed = [r["row_id"] for r in records if r["status"] != "ok"]
+    if failed:
+        raise RuntimeError(f"the table run failed for {', '.join(failed)}")
+    passes: dict[tuple, tuple[float, float]] = {}
+    for r in records:  # rows sharing a pass report the same pass
+        inference = r["inference"]
+        steady = inference["crops"] / inference["crops_per_s"]  # the pass from its first crops on
+        passes[tuple(sorted([r["row_id"], *inference["shared_pass"]]))] = (
+            r["timings"]["inference_s"],
+            steady,
+        )
     boxes = records[0]["inference"]["crops"]
     evaluation = sum(
         r["timings"].get("evaluation_s", 0) + r["timings"].get("postprocess_s", 0) for r in records
     )
     full_eval = _common.run_worker(MODULE, ["--eval-full", str(seed)])
-    pass_s = sum(passes.values())
+    pass_s = sum(total for total, _ in passes.values())
+    full_pass_s = sum(total - steady + steady * FULL_BOXES / boxes for total, steady in passes.values())
     fixed_s = wall - pass_s - evaluation  # start-up, model builds, data set builds, writing records
-    full_s = fixed_s + pass_s * FULL_BOXES / boxes + len(records) * full_eval["seconds"]
+    full_s = fixed_s + full_pass_s + len(records) * full_eval["seconds"]
     return {
         "rows": len(records),
         "passes": len(passes),
@@ -313,12 +340,24 @@ def _table(work: Path, mdir: Path, root: Path, device: str, workers: int, seed: 
     }
 
 
+def _rate(res: dict[str, Any], key: str) -> float | None:
+    """boxes/s of one measurement of a row (None when it failed)."""
+    if key in ("zoo", "zoo_graphs"):
+        return res[key]["record"]["inference"]["crops_per_s"] if key in res else None
+    if key == "runner":
+        return res["runner"]["boxes"] / res["runner"]["loop_s"] if "runner" in res else None
+    return res[key]["boxes_per_s"] if key in res else None
+
+
 def _row_line(res: dict[str, Any]) -> str:
-    zoo = res["zoo"]["record"]["inference"]["crops_per_s"]
-    runner = res["runner"]["boxes"] / res["runner"]["loop_s"]
+    def f(value: float | None) -> str:
+        return "failed" if value is None else f"{value:.1f}"
+
     return (
-        f"{res['row']}: zoo {zoo:.1f} boxes/s, runner {runner:.1f}, model-bound {res['model_bound']['boxes_per_s']:.1f}, "
-        f"identical {res['identical']}/{res['metrics_identical']}"
+        f"{res['row']}: zoo {f(_rate(res, 'zoo'))} boxes/s, graphs {f(_rate(res, 'zoo_graphs'))}, runner "
+        f"{f(_rate(res, 'runner'))}, model-bound {f(_rate(res, 'model_bound'))} (graphs "
+        f"{f(_rate(res, 'model_bound_graphs'))}), identical {res.get('identical')}/{res.get('metrics_identical')}, "
+        f"graphs identical {res.get('graphs_identical')}"
     )
 
 
@@ -328,24 +367,30 @@ def _write(
 ) -> dict[str, Any]:  # fmt: skip
     import torch
 
+    def ratio(a: float | None, b: float | None) -> float | None:
+        return None if a is None or b is None else a / b
+
     rows = []
     for res in results:
-        rec = res["zoo"]["record"]
-        zoo = rec["inference"]["crops_per_s"]
-        graphs = res["zoo_graphs"]["record"]["inference"]["crops_per_s"]
-        runner = res["runner"]["boxes"] / res["runner"]["loop_s"]
-        bound = res["model_bound"]["boxes_per_s"]
+        rec = res["zoo"]["record"] if "zoo" in res else {"inference": {}, "timings": {}}
+        zoo, runner, bound = _rate(res, "zoo"), _rate(res, "runner"), _rate(res, "model_bound")
         rows.append({
-            "row": res["row"], "boxes": rec["inference"]["crops"], "batch_size": rec["inference"]["batch_size"],
-            "zoo_boxes_per_s": round(zoo, 1), "zoo_graphs_boxes_per_s": round(graphs, 1),
-            "runner_boxes_per_s": round(runner, 1), "model_bound_boxes_per_s": round(bound, 1),
-            "model_bound_graphs_boxes_per_s": round(res.get("model_bound_graphs", res["model_bound"])["boxes_per_s"], 1),
-            "speedup": round(zoo / runner, 2), "fraction_of_model_bound": round(zoo / bound, 3),
-            "zoo_wall_s": round(res["zoo"]["wall_s"], 1), "runner_test_s": round(res["runner"]["test_s"], 1),
-            "runner_build_s": round(res["runner"]["build_s"], 1),
-            "zoo_model_build_s": round(rec["timings"].get("model_build_s", 0), 2),
-            "decode": rec["inference"]["decode"], "decode_threads": rec["inference"]["decode_threads"],
-            "identical": res["identical"] and res["metrics_identical"], "graphs_identical": res["graphs_identical"],
+            "row": res["row"], "boxes": rec["inference"].get("crops"), "batch_size": rec["inference"].get("batch_size"),
+            "zoo_boxes_per_s": zoo, "zoo_graphs_boxes_per_s": _rate(res, "zoo_graphs"),
+            "runner_boxes_per_s": runner, "model_bound_boxes_per_s": bound,
+            "model_bound_graphs_boxes_per_s": _rate(res, "model_bound_graphs"),
+            "speedup": ratio(zoo, runner), "fraction_of_model_bound": ratio(zoo, bound),
+            "graphs_speedup": ratio(_rate(res, "zoo_graphs"), runner),
+            "graphs_fraction_of_model_bound": ratio(_rate(res, "zoo_graphs"), bound),
+            "zoo_wall_s": res["zoo"]["wall_s"] if "zoo" in res else None,
+            "runner_test_s": res["runner"]["test_s"] if "runner" in res else None,
+            "runner_build_s": res["runner"]["build_s"] if "runner" in res else None,
+            "zoo_model_build_s": rec["timings"].get("model_build_s"),
+            "decode": rec["inference"].get("decode"), "decode_threads": rec["inference"].get("decode_threads"),
+            "cuda_graphs": res["zoo_graphs"]["record"]["inference"].get("cuda_graphs") if "zoo_graphs" in res else None,
+            "identical": bool(res.get("identical") and res.get("metrics_identical")),
+            "graphs_identical": res.get("graphs_identical"),
+            "errors": "; ".join(f"{k}: {v}" for k, v in res["errors"].items()),
         })  # fmt: skip
     device_name = torch.cuda.get_device_name(0) if device.startswith("cuda") else "cpu"
     summary = {
@@ -356,8 +401,8 @@ def _write(
         "workers": workers,
         "rows": rows,
         "table": table,
-        "gpu_speedup": round(min(r["speedup"] for r in rows), 2),
-        "gpu_fraction_of_model_bound": round(min(r["fraction_of_model_bound"] for r in rows), 3),
+        "gpu_speedup": _smallest(r["speedup"] for r in rows),
+        "gpu_fraction_of_model_bound": _smallest(r["fraction_of_model_bound"] for r in rows),
         "gpu_table_minutes": None if table is None else round(table["full_minutes"], 1),
         "gpu_identical": all(r["identical"] for r in rows),
     }
@@ -372,6 +417,16 @@ def _write(
     return summary
 
 
+def _smallest(values: Any) -> float | None:
+    """The worst row's figure; None when any row lacks it (a failed measurement is not a pass)."""
+    values = list(values)
+    return None if not values or any(v is None for v in values) else round(min(values), 3)
+
+
+def _num(value: float | None, fmt: str) -> str:
+    return "failed" if value is None else format(value, fmt)
+
+
 def _markdown(summary: dict[str, Any]) -> str:
     m = summary["machine"]
     lines = [
@@ -384,29 +439,34 @@ def _markdown(summary: dict[str, Any]) -> str:
         "- Packages: " + ", ".join(f"{k} {v}" for k, v in m["packages"].items() if v),
         f"- Data: {summary['images']} synthetic 640 px images, {summary['boxes_per_image']} detector boxes per image; "
         f"random-weight checkpoints in OpenMMLab's layout; {summary['workers']} data workers for both paths",
-        "- boxes/s over each path's loop (zoo: its data pass; the Runner: its test loop without the metric);",
+        "- boxes/s over each path's loop from its first batch on, the data workers' start-up excluded",
+        "  (zoo: its data pass, `inference.crops_per_s`; the Runner: its test loop without the metric);",
         "  model-bound: forward + flip test on a batch already on the GPU, the same batch size.",
         "",
         "| row | batch | zoo boxes/s | zoo + CUDA graphs | Runner boxes/s | model-bound | model-bound, graphs | "
         "zoo / Runner | zoo / model-bound | identical | graphs identical |",
         "|---|---:|---:|---:|---:|---:|---:|---:|---:|---|---|",
         *(
-            f"| {r['row']} | {r['batch_size']} | {r['zoo_boxes_per_s']:.0f} | {r['zoo_graphs_boxes_per_s']:.0f} | "
-            f"{r['runner_boxes_per_s']:.1f} | {r['model_bound_boxes_per_s']:.0f} | {r['model_bound_graphs_boxes_per_s']:.0f} | "
-            f"{r['speedup']:.1f}x | {r['fraction_of_model_bound']:.0%} | {r['identical']} | {r['graphs_identical']} |"
+            f"| {r['row']} | {r['batch_size']} | {_num(r['zoo_boxes_per_s'], '.0f')} | "
+            f"{_num(r['zoo_graphs_boxes_per_s'], '.0f')} | {_num(r['runner_boxes_per_s'], '.1f')} | "
+            f"{_num(r['model_bound_boxes_per_s'], '.0f')} | {_num(r['model_bound_graphs_boxes_per_s'], '.0f')} | "
+            f"{_num(r['speedup'], '.1f')}x | {_num(r['fraction_of_model_bound'], '.0%')} | {r['identical']} | "
+            f"{r['graphs_identical']} |"
             for r in summary["rows"]
         ),
         "",
-        "| row | zoo wall s (process) | zoo model build s | Runner build s | Runner test() s | decode | decode threads |",
-        "|---|---:|---:|---:|---:|---|---:|",
+        "| row | zoo wall s (process) | zoo model build s | Runner build s | Runner test() s | decode | decode threads "
+        "| CUDA graphs | errors |",
+        "|---|---:|---:|---:|---:|---|---:|---|---|",
         *(
-            f"| {r['row']} | {r['zoo_wall_s']:.1f} | {r['zoo_model_build_s']:.2f} | {r['runner_build_s']:.1f} | "
-            f"{r['runner_test_s']:.1f} | {r['decode']} | {r['decode_threads']} |"
+            f"| {r['row']} | {_num(r['zoo_wall_s'], '.1f')} | {_num(r['zoo_model_build_s'], '.2f')} | "
+            f"{_num(r['runner_build_s'], '.1f')} | {_num(r['runner_test_s'], '.1f')} | {r['decode']} | "
+            f"{r['decode_threads']} | {r['cuda_graphs']} | {r['errors']} |"
             for r in summary["rows"]
         ),
         "",
-        f"- `gpu_speedup` (the smallest zoo / Runner ratio): **{summary['gpu_speedup']:.1f}x**; "
-        f"`gpu_fraction_of_model_bound` (the smallest): **{summary['gpu_fraction_of_model_bound']:.0%}**",
+        f"- `gpu_speedup` (the smallest zoo / Runner ratio): **{_num(summary['gpu_speedup'], '.1f')}x**; "
+        f"`gpu_fraction_of_model_bound` (the smallest): **{_num(summary['gpu_fraction_of_model_bound'], '.0%')}**",
         f"- Identical (zoo's results records == the ones mmpose's metric writes, whole-body AP/AR equal): "
         f"**{summary['gpu_identical']}**",
     ]
@@ -430,6 +490,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--workers", type=int, default=8, help="data workers, both paths")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--no-table", action="store_true", help="skip the whole-table run")
+    parser.add_argument("--table-rows", nargs="+", default=None, help="the table run's rows (default: all)")
     parser.add_argument(
         "--model-seconds", type=float, default=5.0, help="timing window of the model-bound runs"
     )
@@ -462,6 +523,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         not args.no_table,
         args.model_seconds,
         args.out,
+        table_rows=args.table_rows,
     )
     print(
         f"gpu speedup {s['gpu_speedup']:.1f}x, {s['gpu_fraction_of_model_bound']:.0%} of model-bound, "

@@ -97,3 +97,33 @@ def test_no_global_weights_only_opt_out() -> None:
         text = path.read_text()
         assert "weights_only=False" not in text, path
         assert "TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD" not in text, path
+
+
+def test_model_build_keeps_unneeded_packages_out(tmp_path: Path) -> None:
+    """mmdet imports `transformers` when its model registry loads (CSPNeXt's backbone needs that
+    registry). An installed transformers, here one whose import fails loudly, must not be imported:
+    the build succeeds without touching it, and a later `import transformers` reaches it again."""
+    fake = tmp_path / "site" / "transformers"
+    fake.mkdir(parents=True)
+    (fake / "__init__.py").write_text("raise RuntimeError('transformers was imported')\n")
+    code = (
+        "import sys\n"
+        f"sys.path.insert(0, {str(tmp_path / 'site')!r})\n"
+        "from pathlib import Path\n"
+        "from zoo.data import dataset_paths, load_registry\n"
+        "from zoo.evaluate import build_model, load_config\n"
+        "from zoo.manifest import load_manifests\n"
+        "row = load_manifests(Path('manifests')).row('cspnext-m-udp-256x192')\n"
+        "cfg = load_config(row, dataset_paths(load_registry(Path('manifests')).get(row.dataset), Path('.')))\n"
+        "build_model(cfg, 'cpu', None)\n"
+        "assert 'transformers' not in sys.modules, 'blocked import left behind'\n"
+        "try:\n"
+        "    import transformers\n"
+        "except RuntimeError as exc:\n"
+        "    print('reachable again:', exc)\n"
+    )
+    proc = _python(code)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.strip() == "reachable again: transformers was imported"
+    unguarded = _python(code.replace("build_model(cfg, 'cpu', None)", "import mmdet.models"))
+    assert "transformers was imported" in unguarded.stderr  # the test's fake is really on the path

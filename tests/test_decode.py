@@ -268,3 +268,35 @@ def test_unsupported_codec_is_named() -> None:
     codec = UDPHeatmap(input_size=(192, 256), heatmap_size=(48, 64), heatmap_type="combined")
     with pytest.raises(decode.UnsupportedCodec, match="combined"):
         decode.BatchDecoder.for_codec(codec)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("case", ["msra", "udp"])
+def test_heatmap_model_equals_mmposes_preprocessing_and_flip(case: str, synth_root: Path) -> None:
+    """HeatmapModel (its own preprocessing arithmetic, mmpose's forward and flip) gives bitwise the
+    heatmaps that mmpose's `model.test_step` hands its decoder, and its preprocessing equals the
+    data preprocessor's output."""
+    import torch
+    from mmengine.dataset import pseudo_collate
+
+    from zoo.data import dataset_paths, load_registry
+    from zoo.evaluate import build_dataset, build_model, load_config
+    from zoo.inference import HeatmapModel
+    from zoo.randweights import random_state_dict
+
+    row = load_manifests(MANIFESTS).row(CODEC_ROWS[case])
+    paths = dataset_paths(load_registry(MANIFESTS).get(row.dataset), synth_root)
+    cfg = load_config(row, paths, workers=0)
+    model = build_model(cfg, "cpu", random_state_dict(cfg, seed=3))
+    dataset = build_dataset(cfg)
+    batch = pseudo_collate([dataset[i] for i in range(min(3, len(dataset)))])  # mmpose's own pipeline
+    captured = []
+    real_decode = model.head.decode
+    model.head.decode = lambda hm: captured.append(hm.clone()) or real_decode(hm)
+    ours = HeatmapModel(model, dataset.metainfo["flip_indices"])
+    stacked = torch.stack(batch["inputs"])
+    with torch.no_grad():
+        model.test_step(batch)
+        assert torch.equal(ours.preprocess(stacked), model.data_preprocessor(batch, False)["inputs"])
+        heatmaps = ours(stacked)
+    assert heatmaps.dtype == captured[0].dtype and heatmaps.numpy().tobytes() == captured[0].numpy().tobytes()

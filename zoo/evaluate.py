@@ -550,7 +550,7 @@ def _infer_group(
             continue
         try:
             heatmap_model = HeatmapModel(
-                model, dataset.metainfo["flip_indices"], cuda_graphs=opts.cuda_graphs
+                model, dataset.metainfo["flip_indices"], cuda_graphs=prepared.numerics.cuda_graphs
             )
         except UnsupportedModel as exc:
             raise ZooError(f"{prepared.row.id}: {exc}; run it with --reference") from None
@@ -581,13 +581,22 @@ def _infer_group(
         for prepared, row_pass in passes:
             partial, parts = partials[prepared.row.id]
             facts = _inference_facts(
-                prepared, boxes=len(mine), seconds=stats.seconds, batch_size=row_pass.batch_size, data_path="fast",
+                prepared, boxes=len(mine), seconds=stats.seconds, rate=stats.samples_per_s,
+                batch_size=row_pass.batch_size, data_path="fast",
                 decode=row_pass.decoder.path, world=world, decode_note=row_pass.decoder.note,
                 oom_retries=row_pass.oom_retries, shared=stats.rows, resumed_at=row_pass.start,
                 decode_threads=stats.decode_threads, data_s=stats.data_s,
+                cuda_graphs=_graphs_state(prepared.numerics, row_pass.model),
             )  # fmt: skip
             out[prepared.row.id] = (Instances.concat([*parts, decoded[prepared.row.id]]), facts)
     return out, subset_images
+
+
+def _graphs_state(numerics: Numerics, model: Any) -> str:
+    """What became of --cuda-graphs: off, on, or why capture failed (the row then ran eagerly)."""
+    if not numerics.cuda_graphs:
+        return "off"
+    return f"failed, ran eagerly: {model.graph_error}" if model.graph_error else "on"
 
 
 def _start_line(prepared: _Prepared, boxes: int, batch_size: int, where: str) -> str:
@@ -600,14 +609,16 @@ def _start_line(prepared: _Prepared, boxes: int, batch_size: int, where: str) ->
 
 def _inference_facts(
     prepared: _Prepared, *, boxes: int, seconds: float, batch_size: int, data_path: str, decode: str,
+    rate: float | None = None,
     world: int, decode_note: str = "", oom_retries: Sequence[str] = (), shared: Sequence[str] = (),
-    resumed_at: int = 0, decode_threads: int = 0, data_s: float | None = None,
+    resumed_at: int = 0, decode_threads: int = 0, data_s: float | None = None, cuda_graphs: str = "off",
 ) -> dict[str, Any]:  # fmt: skip
     """The record's `inference` section."""
     prepared.timings["inference_s"] = seconds
     return {
         "crops": boxes,
-        "crops_per_s": boxes / seconds if seconds > 0 else math.nan,
+        # the pass's steady pace, from its first crops on (data workers take a moment to start)
+        "crops_per_s": rate if rate is not None else boxes / seconds if seconds > 0 else math.nan,
         "batch_size": batch_size,
         "data_path": data_path,
         "data_s": data_s,
@@ -618,6 +629,7 @@ def _inference_facts(
         "world_size": world,
         "device": prepared.numerics.device,
         "numerics": prepared.numerics.to_json(),
+        "cuda_graphs": cuda_graphs,
         "shared_pass": [r for r in shared if r != prepared.row.id],
         "resumed_at": resumed_at,
     }

@@ -111,11 +111,13 @@ class HeatmapModel:
     """The heatmaps mmpose's `TopdownPoseEstimator.predict` hands its head's decoder, for a batch of
     uint8 crops (N, C, H, W) already on the model's device.
 
-    It runs mmpose's own functions in mmpose's order: the data preprocessor (channel order, float,
-    normalisation, on the stacked batch: elementwise, so the same values as per sample), then
-    `extract_feat` on the images and on their horizontal flips, the head's `forward` on both, and
-    `flip_heatmaps` + average exactly as `HeatmapHead.predict` composes them. Only models whose
-    `predict` methods are those two are accepted (all 12 rows are); others raise UnsupportedModel.
+    It runs mmpose's own functions in mmpose's order: the data preprocessor's arithmetic (channel
+    order, float, normalisation, on the stacked batch: elementwise, so the same values as per
+    sample; `preprocess`), then `extract_feat` on the images and on their horizontal flips, the
+    head's `forward` on both, and `flip_heatmaps` + average exactly as `HeatmapHead.predict` composes
+    them. Nothing in it waits for the GPU, so the main thread can queue the next batch while the
+    GPU computes. Only models whose `predict` methods are those two are accepted (all 12 rows are);
+    others raise UnsupportedModel.
     """
 
     def __init__(self, model: Any, flip_indices: Sequence[int], cuda_graphs: bool = False) -> None:
@@ -128,14 +130,24 @@ class HeatmapModel:
             raise UnsupportedModel(f"{type(model.head).__name__}: its predict is not HeatmapHead's")
         if model.test_cfg.get("output_heatmaps") or model.test_cfg.get("output_keypoint_indices") is not None:
             raise UnsupportedModel("test_cfg asks for outputs this path does not produce")
+        preprocessor = model.data_preprocessor
+        if getattr(preprocessor, "pad_size_divisor", None) != 1 or not hasattr(
+            preprocessor, "_enable_normalize"
+        ):
+            raise UnsupportedModel(
+                f"{type(preprocessor).__name__}: a preprocessor this path does not reproduce"
+            )
         self.model = model
+        self.preprocessor = preprocessor
         self.head = model.head
         self.codec = model.head.decoder
         self.test_cfg = dict(model.test_cfg)
         self.flip = bool(self.test_cfg.get("flip_test", False))
         self.flip_indices = list(flip_indices)
         self.cuda_graphs = cuda_graphs
+        self.graph_error = ""
         self._graphs: dict[tuple[int, ...], Any] = {}
+        self._flip_index: dict[Any, Any] = {}  # flip_indices as a tensor on each device
 
     def _features(self, x: Any) -> Any:
         """The head's raw outputs for the image (and its flip): the part a CUDA graph may replay."""
@@ -145,43 +157,76 @@ class HeatmapModel:
         feats_flip = self.model.extract_feat(x.flip(-1))
         return self.head.forward(feats), self.head.forward(feats_flip)
 
+    def preprocess(self, crops: Any) -> Any:
+        """The data preprocessor's arithmetic on a stacked uint8 batch (mmengine's ImgDataPreprocessor:
+        channel order, float, (x - mean) / std; no padding at divisor 1). Its own forward indexes the
+        channels with a Python list, a host-to-device copy that waits for the GPU to drain before
+        every batch; reversing the three channels with `flip` gives the same values without it."""
+        p = self.preprocessor
+        x = crops
+        if p._channel_conversion:
+            if x.shape[1] != 3:
+                raise UnsupportedModel(f"channel conversion of {x.shape[1]} channels")
+            x = x.flip(1)  # [2, 1, 0]
+        x = x.float()
+        if p._enable_normalize:
+            x = (x - p.mean) / p.std
+        return x
+
     def __call__(self, crops: Any) -> Any:
+        import torch
         from mmpose.models.utils.tta import flip_heatmaps
 
-        x = self.model.data_preprocessor({"inputs": crops, "data_samples": []}, False)["inputs"]
+        x = self.preprocess(crops)
         outputs = self._replay(x) if self.cuda_graphs and x.is_cuda else self._features(x)
         if not self.flip:
             return outputs[0]
         heatmaps, flipped = outputs
+        if heatmaps.device not in self._flip_index:  # a device tensor: a list would be copied per batch
+            self._flip_index[heatmaps.device] = torch.tensor(self.flip_indices, device=heatmaps.device)
         flipped = flip_heatmaps(
             flipped,
             flip_mode=self.test_cfg.get("flip_mode", "heatmap"),
-            flip_indices=self.flip_indices,
+            flip_indices=self._flip_index[heatmaps.device],
             shift_heatmap=self.test_cfg.get("shift_heatmap", False),
         )
         return (heatmaps + flipped) * 0.5
 
     def _replay(self, x: Any) -> Any:
-        """`_features(x)` through a CUDA graph captured once per input shape (the same kernels)."""
+        """`_features(x)` through a CUDA graph captured once per input shape (the same kernels). A
+        model that cannot be captured runs eagerly from then on; `graph_error` says why."""
         import torch
 
         graph = self._graphs.get(tuple(x.shape))
         if graph is None:
-            static_x = x.clone()
-            side = torch.cuda.Stream()
-            side.wait_stream(torch.cuda.current_stream())
-            with torch.cuda.stream(side):
-                for _ in range(2):  # warm-up: cuDNN plans and the allocator settle before capture
-                    self._features(static_x)
-            torch.cuda.current_stream().wait_stream(side)
-            cuda_graph = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(cuda_graph):
-                static_out = self._features(static_x)
-            graph = self._graphs[tuple(x.shape)] = (cuda_graph, static_x, static_out)
+            try:
+                graph = self._capture(x)
+            except Exception as exc:  # noqa: BLE001 - any capture failure: the eager path is the same math
+                self.cuda_graphs, self.graph_error = False, f"{type(exc).__name__}: {exc}"
+                log.warning("CUDA graph capture failed (%s); running eagerly", self.graph_error)
+                torch.cuda.synchronize()
+                return self._features(x)
         cuda_graph, static_x, static_out = graph
         static_x.copy_(x)
         cuda_graph.replay()
         return tuple(out.clone() for out in static_out)
+
+    def _capture(self, x: Any) -> tuple[Any, Any, Any]:
+        import torch
+
+        static_x = x.clone()
+        side = torch.cuda.Stream()
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side):
+            for _ in range(2):  # warm-up: cuDNN plans and the allocator settle before capture
+                self._features(static_x)
+        torch.cuda.current_stream().wait_stream(side)
+        cuda_graph = torch.cuda.CUDAGraph()
+        # thread_local: the decode threads keep synchronising on their own events during the capture
+        with torch.cuda.graph(cuda_graph, capture_error_mode="thread_local"):
+            static_out = self._features(static_x)
+        graph = self._graphs[tuple(x.shape)] = (cuda_graph, static_x, static_out)
+        return graph
 
 
 # --------------------------------------------------------------------------------------------------
@@ -279,14 +324,17 @@ class PassStats:
     """What a pass reports (per pass, shared by its rows)."""
 
     samples: int = 0
-    seconds: float = 0.0
+    seconds: float = 0.0  # the whole pass
+    first_chunk_s: float = 0.0  # until the first crops arrived (data workers starting)
     data_s: float = 0.0  # the main thread waiting for crops (all of the data path with 0 workers)
     decode_threads: int = 0
     rows: list[str] = field(default_factory=list)
 
     @property
     def samples_per_s(self) -> float:
-        return self.samples / self.seconds if self.seconds > 0 else math.nan
+        """The pass's steady pace: from the first crops on (worker start-up is a constant, not a rate)."""
+        steady = self.seconds - self.first_chunk_s
+        return self.samples / steady if steady > 0 else math.nan
 
 
 def _is_oom(exc: BaseException) -> bool:
@@ -487,6 +535,8 @@ def run_pass(
                 stats.data_s += time.perf_counter() - t
                 if chunk is None:
                     break
+                if not stats.first_chunk_s:
+                    stats.first_chunk_s = time.perf_counter() - started
                 if "error" in chunk:
                     raise ImageError(chunk["error"])
                 n = len(chunk["sample_id"])
