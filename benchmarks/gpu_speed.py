@@ -282,7 +282,7 @@ def run(
         for row_id in rows:
             results.append(_measure_row(work, mdir, root, row_id, device, workers, model_seconds, log))
             log(_row_line(results[-1]))
-        summary = _write(results, None, data, images, device, workers, out)  # kept if the table fails
+            summary = _write(results, None, data, images, device, workers, out)  # what is measured so far
         if table:
             summary = _write(
                 results, _table(work, mdir, root, device, workers, seed), data, images, device, workers, out
