@@ -15,13 +15,13 @@ import pytest
 import yaml
 
 from zoo.cli import main
-from zoo.data import extract_zip, load_registry, prepare, synthesize, verify
+from zoo.data import datasets_lock, extract_zip, load_registry, prepare, synthesize, verify
 from zoo.data.paths import ANN_FILE, DET_FILE, IMG_DIR, SYNTH_MARKER
 from zoo.errors import InputError, ZooError
 from zoo.loopback import LoopbackServer
 
 REPO = Path(__file__).resolve().parents[1]
-COCO_ZIPS = "http://images.cocodataset.org/zips/"
+COCO_ZIPS = "https://images.cocodataset.org/zips/"
 
 
 @pytest.fixture(scope="module")
@@ -52,7 +52,7 @@ def test_real_registry_ids_aliases_and_layout(registry) -> None:
     assert coco is registry.get("coco-wholebody-v1.0-val")
     assert registry.get("ubody").id == registry.get("ubody2d").id == "ubody2d-val"
     images = next(f for f in coco.files if f.kind == "images")
-    assert images.count == 5000 and images.source.url.endswith("/val2017.zip")
+    assert images.count == 5000 and images.source.url == "https://images.cocodataset.org/zips/val2017.zip"
     assert images.source.checksum.verified is False
     ann = next(f for f in coco.files if f.path == ANN_FILE)
     assert ann.source.kind == "manual" and ann.checksum.sha256.startswith("f8272e9c")
@@ -161,10 +161,12 @@ def coco_server(tmp_path: Path, synth, monkeypatch: pytest.MonkeyPatch):
 def test_prepare_downloads_then_picks_up_manual_files(
     tmp_path: Path, registry, synth, coco_server, capsys
 ) -> None:  # noqa: ANN001
-    srv, _ = coco_server
+    srv, digest = coco_server
     root = tmp_path / "coco"
     coco = registry.get("coco-wholebody")
-    result = prepare(coco, root)
+    manifests = _registry_copy(tmp_path, lambda doc: None)
+    lock = datasets_lock(manifests)
+    result = prepare(coco, root, lock=lock)
     by_path = {s.path: s for s in result.steps}
     assert by_path[IMG_DIR].status == "fetched" and len(list((root / IMG_DIR).iterdir())) == 6
     warning = next(
@@ -177,8 +179,10 @@ def test_prepare_downloads_then_picks_up_manual_files(
     )
     assert any("drive.google.com" in url for _, url in manual.links) and not result.complete
     assert len(srv.requests_for("val2017.zip")) == 1
+    assert lock.read() == {COCO_ZIPS + "val2017.zip": digest}  # pinned on first use
 
-    assert main(["data", "prepare", "coco-wholebody", "--root", str(root)]) == 1  # still manual steps
+    argv = ["data", "prepare", "coco-wholebody", "--root", str(root), "--manifests", str(manifests)]
+    assert main(argv) == 1  # still manual steps
     out = capsys.readouterr()
     assert f"save as: {root / ANN_FILE}" in out.out and "need a manual step" in out.err
     assert len(srv.requests_for("val2017.zip")) == 1  # the folder was present: nothing fetched again
@@ -186,9 +190,9 @@ def test_prepare_downloads_then_picks_up_manual_files(
     for rel in (ANN_FILE, DET_FILE):  # the user drops the files in place
         (root / rel).parent.mkdir(parents=True, exist_ok=True)
         shutil.copy(synth.root / rel, root / rel)
-    result = prepare(coco, root)
+    result = prepare(coco, root, lock=lock)
     assert result.complete and {s.status for s in result.steps} == {"present", "warning"}
-    assert main(["data", "prepare", "coco-wholebody", "--root", str(root)]) == 0
+    assert main(argv) == 0
 
 
 def test_prepare_with_verified_checksum(tmp_path: Path, coco_server) -> None:  # noqa: ANN001
@@ -201,21 +205,29 @@ def test_prepare_with_verified_checksum(tmp_path: Path, coco_server) -> None:  #
 
         return edit
 
-    good = load_registry(_registry_copy(tmp_path / "good", set_hash(digest))).get("coco-wholebody")
-    result = prepare(good, tmp_path / "r1")
+    folder = _registry_copy(tmp_path / "good", set_hash(digest))
+    good = load_registry(folder).get("coco-wholebody")
+    result = prepare(good, tmp_path / "r1", lock=datasets_lock(folder))
     assert [s.status for s in result.steps if s.path == IMG_DIR] == ["fetched"]
     assert not any(s.status == "warning" for s in result.steps)
-    bad = load_registry(_registry_copy(tmp_path / "bad", set_hash("0" * 64))).get("coco-wholebody")
+    folder = _registry_copy(tmp_path / "bad", set_hash("0" * 64))
+    bad = load_registry(folder).get("coco-wholebody")
     shutil.rmtree(tmp_path / "cache")
     with pytest.raises(ZooError, match="sha256 mismatch"):
-        prepare(bad, tmp_path / "r2")
+        prepare(bad, tmp_path / "r2", lock=datasets_lock(folder))
     assert not (tmp_path / "r2" / IMG_DIR).exists()
 
 
-def test_prepare_offline_without_cache_is_input_error(tmp_path: Path, registry, monkeypatch) -> None:  # noqa: ANN001
+def test_prepare_offline_without_cache_skips_the_download(tmp_path: Path, registry, monkeypatch) -> None:  # noqa: ANN001
     monkeypatch.setenv("ZOO_CACHE", str(tmp_path / "cache"))
-    with pytest.raises(InputError, match="offline"):
-        prepare(registry.get("coco-wholebody"), tmp_path / "coco", offline=True)
+    lock = datasets_lock(_registry_copy(tmp_path, lambda doc: None))
+    result = prepare(registry.get("coco-wholebody"), tmp_path / "coco", lock=lock, offline=True)
+    skipped = [s for s in result.steps if s.status == "skipped"]
+    assert [s.path for s in skipped] == [IMG_DIR] and skipped[
+        0
+    ].dest == tmp_path / "cache" / "checkpoints" / "val2017.zip"
+    assert [s.path for s in result.steps if s.status == "manual"] == [ANN_FILE, DET_FILE]
+    assert not result.complete and not lock.path.exists()
 
 
 # -- verify -------------------------------------------------------------------------------------------------
@@ -245,7 +257,7 @@ def test_verify_reports_each_problem_on_one_line(tmp_path: Path, registry, synth
     assert main(["data", "verify", "coco-wholebody", "--root", str(root)]) == 1
     errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error:")]
     assert any("5 images, expected 6" in e for e in errors)
-    assert any("1 annotated images not found" in e and victim.name in e for e in errors)
+    assert f"error: {victim}: annotated image missing (listed in {root / ANN_FILE})" in errors
     assert any("detection [3] field 'bbox'" in e for e in errors)
     assert len(errors) == 3
     assert main(["data", "verify", "coco-wholebody", "--root", str(tmp_path / "nope")]) == 2

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from zoo.cli import main
-from zoo.data import convert_ubody, load_registry, prepare, verify
+from zoo.data import convert_ubody, datasets_lock, load_registry, prepare, verify
 from zoo.data.coco_format import PARTS
 from zoo.errors import InputError, ZooError
 
@@ -125,7 +125,8 @@ def test_prepare_and_verify_through_the_registry(
     ubody: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     dataset = load_registry(REPO / "manifests").get("ubody")
-    empty = prepare(dataset, tmp_path / "empty")
+    lock = datasets_lock(tmp_path)  # UBody has no downloads: nothing is pinned
+    empty = prepare(dataset, tmp_path / "empty", lock=lock)
     assert not empty.complete and {s.status for s in empty.steps} == {"manual", "pending"}
     assert {s.path for s in empty.steps if s.status == "manual"} >= {
         "videos",
@@ -134,11 +135,15 @@ def test_prepare_and_verify_through_the_registry(
     assert main(["data", "prepare", "ubody", "--root", str(ubody)]) == 0
     assert "val annotations" in capsys.readouterr().out
     assert verify(dataset, ubody).ok
-    again = prepare(dataset, ubody)  # idempotent: nothing rebuilt
+    again = prepare(dataset, ubody, lock=lock)  # idempotent: nothing rebuilt
     assert {s.status for s in again.steps} == {"present"}
-    (ubody / "images" / "Speech" / "talk1" / "000002.png").unlink()
+    victim = ubody / "images" / "Speech" / "talk1" / "000002.png"
+    victim.unlink()
     report = verify(dataset, ubody)
-    assert not report.ok and any("1 annotated images not found" in f.message for f in report.findings)
+    assert not report.ok and any(
+        f.message.startswith(f"{victim}: annotated image missing") for f in report.findings
+    )
+    assert not lock.path.exists()
 
 
 def test_missing_ffmpeg_and_bad_split(ubody: Path, monkeypatch: pytest.MonkeyPatch) -> None:

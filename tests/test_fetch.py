@@ -10,6 +10,7 @@ import collections
 import dataclasses
 import hashlib
 import json
+import logging
 import os
 import re
 import subprocess
@@ -23,6 +24,7 @@ import numpy as np
 import pytest
 import torch
 import yaml
+from fault_helpers import closed_port, read_only, silent_server, zoo
 
 from zoo import fetch as f
 from zoo.cli import main
@@ -329,7 +331,7 @@ def test_offline_never_touches_the_network(server, cache, monkeypatch):
     name, _, _ = publish(server)
     url = server.url(name)
     with pytest.raises(
-        InputError, match=f"offline.*{re.escape(url)} is not in the cache; expected at .*{name}$"
+        InputError, match=f"offline.*{re.escape(url)} is not in the cache; put the file at .*{name}$"
     ):
         get(server, name, cache, offline=True)
     monkeypatch.setenv("ZOO_OFFLINE", "1")
@@ -598,3 +600,169 @@ def test_retry_after_is_respected(server, cache):
     started = time.monotonic()
     get(server, name, cache)
     assert time.monotonic() - started >= 0.9  # the configured backoff alone is 0.01 s
+
+
+# -- faults a user meets, through the command ------------------------------------------------------------------
+
+
+NET = {"ZOO_TIMEOUT": "2,0.5", "ZOO_RETRIES": "1"}  # small, so a dead host fails in about a second
+
+
+def assert_only_zoo_lines(stderr: str) -> None:
+    """No raw library output (urllib3's `Retrying (Retry(total=...` warnings, tracebacks): our lines only."""
+    for line in stderr.splitlines():
+        assert line.startswith("zoo: "), f"raw line on stderr: {line!r}"
+    assert "urllib3" not in stderr and "Retry(" not in stderr and "Traceback" not in stderr
+
+
+def test_cli_refused_connection_says_what_is_retried_and_what_to_do(tmp_path):
+    port = closed_port()
+    data = np.random.default_rng(3).bytes(1000)
+    sha = hashlib.sha256(data).hexdigest()
+    name = f"model-{sha[:8]}_20200918.pth"
+    url = f"http://127.0.0.1:{port}/{name}"
+    cache = tmp_path / "cache"
+    argv = ["fetch", "--manifests", str(tmp_path), "--url", url, "--cache", str(cache)]
+    res = zoo(*argv, env=NET)
+    assert res.returncode == 1 and res.stdout == ""
+    assert_only_zoo_lines(res.stderr)
+    retry, error = res.stderr.splitlines()
+    assert retry.startswith(f"zoo: 127.0.0.1:{port}: connection refused") and "retrying" in retry
+    target = cache / "checkpoints" / name
+    assert error == (
+        f"zoo: error: cannot download {url}: 127.0.0.1:{port}: connection refused (nothing listens on that "
+        f"port) (2 attempts); retry when the network is back, use a mirror (ZOO_MIRROR='http://127.0.0.1:"
+        f"{port}/=https://MIRROR/'), or put the file at {target} and rerun (--offline never touches the network)"
+    )
+    # the advice works: a copy with the right hash at that path is taken into the verified store
+    target.write_bytes(data)
+    res = zoo(*argv, "--offline", env=NET)
+    assert res.returncode == 0 and res.stdout == f"{target}\n", res.stderr
+    assert f.Cache(cache).blob_path(sha).is_file()
+    assert_cache_verified(f.Cache(cache))
+
+
+def test_cli_silent_server_times_out_with_one_complete_line(tmp_path):
+    with silent_server() as port:
+        url = f"http://127.0.0.1:{port}/model-0123abcd_20200918.pth"
+        res = zoo(
+            "fetch", "--manifests", str(tmp_path), "--url", url, "--cache", str(tmp_path / "c"), env=NET
+        )
+    assert res.returncode == 1 and res.stdout == ""
+    assert_only_zoo_lines(res.stderr)
+    *retries, error = res.stderr.splitlines()
+    assert retries and all(f"127.0.0.1:{port}: read timed out" in r and "retrying" in r for r in retries)
+    assert error.startswith(f"zoo: error: cannot download {url}: 127.0.0.1:{port}: read timed out")
+    assert error.endswith("and rerun (--offline never touches the network)") and "ZOO_MIRROR=" in error
+
+
+def test_unresolvable_host_is_not_retried(cache, caplog):
+    url = "http://no-such-host.invalid/model-0123abcd_20200918.pth"
+    with pytest.raises(ZooError, match=r"no-such-host\.invalid: the host name does not resolve") as err:
+        f.fetch(url, f.resolve_expected(url), cache=cache, config=FAST, offline=False)
+    assert "attempts" not in str(err.value) and "retrying" not in caplog.text
+
+
+def test_environment_timeouts_are_validated(monkeypatch):
+    monkeypatch.setenv("ZOO_TIMEOUT", "1.5,7")
+    monkeypatch.setenv("ZOO_RETRIES", "0")
+    config = f.FetchConfig.from_env()
+    assert (config.connect_timeout, config.read_timeout, config.connect_retries) == (1.5, 7.0, 0)
+    for var, value in (("ZOO_TIMEOUT", "-1"), ("ZOO_TIMEOUT", "a,b"), ("ZOO_RETRIES", "two")):
+        monkeypatch.setenv(var, value)
+        with pytest.raises(InputError, match=f"^{var}: expected"):
+            f.FetchConfig.from_env()
+        monkeypatch.delenv(var)
+
+
+@pytest.mark.parametrize("command", ["fetch-row", "fetch-url", "run", "reproduce", "data-prepare"])
+def test_cache_that_is_a_file_is_bad_input(command, tmp_path, capsys, synth_root):
+    cache = tmp_path / "cache-file"
+    cache.write_text("not a folder")
+    row = "hrnet-w48-256x192"  # a real row: nothing may reach the network before the check
+    argv = {
+        "fetch-row": ["fetch", row],
+        "fetch-url": ["fetch", "--url", "http://127.0.0.1:9/m-0123abcd_20200918.pth", "--manifests", str(tmp_path)],
+        "run": ["run", row, "--data-root", str(synth_root), "--out", str(tmp_path / "runs")],
+        "reproduce": ["reproduce", row, "--data-root", str(synth_root), "--out", str(tmp_path / "runs"),
+                      "--report-dir", str(tmp_path / "reports")],
+        "data-prepare": ["data", "prepare", "coco-wholebody", "--root", str(tmp_path / "coco")],
+    }[command]  # fmt: skip
+    assert main([*argv, "--cache", str(cache)]) == 2
+    *progress, error = capsys.readouterr().err.splitlines()  # reproduce says which step it is on first
+    assert (
+        error == f"zoo: error: cache {cache} is a file, not a folder; pass another --cache DIR (or ZOO_CACHE)"
+    )
+    assert not any(line.startswith("zoo:") for line in progress)
+    assert cache.read_text() == "not a folder"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["cache-file"]  # nothing else written
+
+
+def test_update_lock_with_read_only_manifests_fails_before_any_download(
+    server, tmp_path, capsys, monkeypatch
+):
+    name, _, _ = publish(server)
+    rows = [fake_row("a-256x192", server.url(name))]
+    manifests = SimpleNamespace(rows=rows, row=lambda rid: next(r for r in rows if r.id == rid))
+    monkeypatch.setattr("zoo.manifest.load_manifests", lambda d: manifests)
+    folder = tmp_path / "manifests"
+    (folder / "checkpoints.lock").parent.mkdir()
+    f.ChecksumLock(folder / "checkpoints.lock").record("http://other/x.pth", "b" * 64)
+    before = (folder / "checkpoints.lock").read_bytes()
+    argv = ["fetch", "--manifests", str(folder), "--cache", str(tmp_path / "cache")]
+    with read_only(folder):
+        assert main([*argv, "--update-lock"]) == 2
+        out, err = capsys.readouterr()
+        assert out == "" and len(err.splitlines()) == 1
+        assert err.startswith(f"zoo: error: {folder / 'checkpoints.lock'}: cannot write the lock file (")
+        assert server.requests == [] and not (tmp_path / "cache").exists()
+        # a plain fetch still works from a read-only checkout: the lock file is not its output
+        assert main([*argv, "a-256x192"]) == 0
+        out, err = capsys.readouterr()
+        assert out == f"{tmp_path / 'cache' / 'checkpoints' / 'a-256x192.pth'}\n"
+        assert "could not record the sha256 of a-256x192" in err
+    assert (folder / "checkpoints.lock").read_bytes() == before
+
+
+def test_unwritable_cache_fails_before_the_network_but_still_serves(server, tmp_path, capsys):
+    name, _, sha = publish(server)
+    cache = tmp_path / "cache"
+    argv = ["fetch", "--manifests", str(tmp_path), "--url", server.url(name), "--cache", str(cache)]
+    other, _, _ = publish(server, stem="other", seed=5)
+    assert main(argv) == 0
+    capsys.readouterr()
+    with read_only(cache):
+        assert main(argv) == 0  # already cached: a read-only (shared) cache serves it
+        assert capsys.readouterr().out == f"{cache / 'checkpoints' / name}\n"
+        assert main([*argv[:-3], server.url(other), "--cache", str(cache)]) == 2
+        out, err = capsys.readouterr()
+        assert out == "" and len(err.splitlines()) == 1
+        assert err.startswith(f"zoo: error: cache {cache} is not writable (")
+    assert len(server.requests_for(name)) == 1 and server.requests_for(other) == []
+    assert_cache_verified(f.Cache(cache))
+
+
+def test_urllib3_retry_warnings_do_not_reach_a_configured_root_logger(cache, caplog):
+    """`zoo run` and `zoo reproduce` log through the root logger, where urllib3's raw "Retrying (Retry(...)"
+    warnings used to appear next to ours; only our one-line retry notices may."""
+    url = f"http://127.0.0.1:{closed_port()}/model-0123abcd_20200918.pth"
+    caplog.set_level(logging.INFO)
+    with pytest.raises(ZooError, match="connection refused"):
+        f.fetch(url, f.resolve_expected(url), cache=cache, config=FAST, offline=False)
+    assert [r.name for r in caplog.records if r.levelno >= logging.WARNING] == ["zoo.fetch", "zoo.fetch"]
+    assert all("retrying" in r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING)
+
+
+def test_a_wrong_file_put_by_hand_is_ignored_with_a_warning(server, cache, tmp_path, capsys):
+    name, data, sha = publish(server)
+    argv = ["fetch", "--manifests", str(tmp_path), "--url", server.url(name), "--cache", str(cache.root)]
+    target = cache.names / name
+    target.parent.mkdir(parents=True)
+    target.write_bytes(b"<html>not the file</html>")
+    assert main([*argv, "--offline"]) == 2
+    err = capsys.readouterr().err.splitlines()
+    assert err[0].startswith(f"zoo: ignoring {target}: its sha256 ")
+    assert err[0].endswith(f"is not the expected {sha[:8]}... (from file name)")
+    assert err[1].endswith(f"is not in the cache; put the file at {target}") and len(err) == 2
+    assert main(argv) == 0  # online, the download replaces it
+    assert target.read_bytes() == data and len(server.requests_for(name)) == 1

@@ -15,6 +15,16 @@ Cache layout (root: `--cache`, else $ZOO_CACHE, else the platform cache dir):
     locks/<url key>.lock          one downloader per URL across processes
     index.json                    URL -> sha256 of verified downloads (finds prefix-only rows offline)
 
+A file put at `checkpoints/<name>` by hand (a download from a browser, a copy from another machine)
+is taken into the store when its hash matches, so "put the file at <path>" is a real way around a
+network that cannot reach the host.
+
+Network failures are prompt and explained: connection failures and unanswered requests are retried
+a few times (`FetchConfig.connect_retries`), each retry announced on stderr through the `zoo` logger
+(urllib3's own "Retrying ..." warnings are filtered out, they would repeat it in raw form), a host
+name that does not resolve is not retried (the resolver already did), and the final error names the
+host, what failed and what to do instead.
+
 Names are hard links rather than symlinks: they need no privilege on Windows, survive moving or
 re-mounting the cache, cost no space and can never dangle; where the file system has no hard
 links the name is a copy, which `load_checkpoint` accepts only because it re-hashes the file.
@@ -23,6 +33,8 @@ links the name is a copy, which `load_checkpoint` accepts only because it re-has
 from __future__ import annotations
 
 import contextlib
+import dataclasses
+import errno
 import hashlib
 import json
 import logging
@@ -30,11 +42,12 @@ import os
 import pickle
 import re
 import shutil
+import socket
 import sys
 import tempfile
 import time
 import uuid
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -43,6 +56,7 @@ from urllib.parse import unquote, urlsplit, urlunsplit
 import filelock
 import requests
 from requests.adapters import HTTPAdapter
+from urllib3.exceptions import MaxRetryError, NameResolutionError
 from urllib3.util.retry import Retry
 
 from zoo import __version__
@@ -154,10 +168,19 @@ class ChecksumLock:
 
     YAML, sorted, rewritten atomically. Concurrent writers serialise on a lock file in the system
     temp dir (not next to the manifests, which would leave a stray file in the repository).
+    `manifests/datasets.lock` has the same format (`header` says what it holds).
     """
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, header: str = _LOCK_HEADER) -> None:
         self.path = Path(path)
+        self.header = header
+
+    def check_writable(self) -> None:
+        """InputError naming the file when it cannot be rewritten: asked before any hashing or download
+        by the commands whose output the lock file is (`zoo fetch --update-lock`)."""
+        problem = _unwritable_file(self.path)
+        if problem:
+            raise InputError(f"{self.path}: cannot write the lock file ({problem})")
 
     def read(self) -> dict[str, str]:
         import yaml
@@ -189,8 +212,38 @@ class ChecksumLock:
             entries[url] = sha256
             # one line per URL, both quoted (JSON strings are YAML): PyYAML splits keys over 128 chars
             lines = [f"  {json.dumps(u)}: {json.dumps(h)}\n" for u, h in sorted(entries.items())]
-            write_atomic(self.path, _LOCK_HEADER + "version: 1\nsha256:\n" + "".join(lines))
+            write_atomic(self.path, self.header + "version: 1\nsha256:\n" + "".join(lines))
         return True
+
+
+def dir_write_problem(folder: Path, *, create: bool = False) -> str | None:
+    """Why no file can be created in `folder` (made first when `create`), or None when one can.
+
+    A real probe (create and delete a temp file), not `os.access`: it also catches read-only
+    mounts, ACLs and root on a read-only file system, where permission bits say nothing.
+    """
+    folder = Path(folder)
+    try:
+        if create:
+            folder.mkdir(parents=True, exist_ok=True)
+        elif not folder.is_dir():
+            return f"{folder} is not a folder" if folder.exists() else f"{folder} does not exist"
+        fd, probe = tempfile.mkstemp(dir=folder, prefix=".zoo-write-probe-")
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as exc:
+        where = f" ({exc.filename})" if exc.filename and Path(exc.filename) != folder else ""
+        return f"{exc.strerror or exc}{where}"
+    return None
+
+
+def _unwritable_file(path: Path) -> str | None:
+    """Why `write_atomic(path)` would fail (a temp file beside it, then a rename), or None."""
+    if path.is_dir():
+        return "it is a folder"
+    if path.exists() and not os.access(path, os.W_OK):
+        return "the file is read-only"
+    return dir_write_problem(path.parent)
 
 
 # -- configuration -------------------------------------------------------------------------------------------
@@ -198,16 +251,40 @@ class ChecksumLock:
 
 @dataclass(frozen=True)
 class FetchConfig:
-    """Network behaviour. Defaults suit 100-300 MB checkpoints on a slow link; tests shrink them."""
+    """Network behaviour. Defaults suit 100-800 MB files on a slow link and fail within seconds when
+    the network is down (a refused or unresolvable host) or within ~20 s when it swallows packets
+    (3 connect timeouts, each retry announced). $ZOO_TIMEOUT / $ZOO_RETRIES override them
+    (`from_env`); tests shrink them."""
 
-    connect_timeout: float = 10.0
-    read_timeout: float = 60.0
-    retries: int = 5  # urllib3: connect/read errors before the headers, and 429/5xx answers
+    connect_timeout: float = 5.0  # a TCP handshake takes well under a second on any working link
+    read_timeout: float = 30.0  # seconds without a byte: the server stalled
+    retries: int = 5  # 429/5xx answers (servers under load recover; Retry-After is honoured)
+    connect_retries: int = 2  # connection failures and requests left unanswered, per request
     backoff: float = 1.0  # sleep backoff * 2**(n-1) s between tries (Retry-After wins when sent)
-    backoff_max: float = 60.0
+    backoff_max: float = 30.0
     resumes: int = 5  # bodies broken mid-transfer, continued with Range, per fetch
     chunk_size: int = 1 << 20
     lock_timeout: float = 3600.0  # how long to wait for another process downloading the same URL
+
+    @classmethod
+    def from_env(cls) -> FetchConfig:
+        """Defaults, with `ZOO_TIMEOUT=CONNECT[,READ]` (seconds) and `ZOO_RETRIES=N` (connect retries)."""
+        config = cls()
+        timeout = os.environ.get("ZOO_TIMEOUT", "").strip()
+        if timeout:
+            try:
+                values = [float(v) for v in timeout.split(",")]
+            except ValueError:
+                values = []
+            if not 1 <= len(values) <= 2 or not all(0 < v < float("inf") for v in values):
+                raise InputError(f"ZOO_TIMEOUT: expected CONNECT[,READ] seconds > 0, got {timeout!r}")
+            config = dataclasses.replace(config, connect_timeout=values[0], read_timeout=values[-1])
+        retries = os.environ.get("ZOO_RETRIES", "").strip()
+        if retries:
+            if not retries.isdigit():
+                raise InputError(f"ZOO_RETRIES: expected an integer >= 0, got {retries!r}")
+            config = dataclasses.replace(config, connect_retries=int(retries))
+        return config
 
 
 @dataclass(frozen=True)
@@ -256,12 +333,74 @@ def resolve_cache_dir(explicit: str | os.PathLike[str] | None) -> Path:
     return Path(platformdirs.user_cache_dir("wholebody-zoo"))
 
 
+class _AnnouncedRetry(Retry):
+    """urllib3's Retry, saying on stderr what is retried and when (instead of urllib3's raw warning),
+    and not retrying a host name that does not resolve: the resolver has already retried it, so
+    another round only stretches a dead network into a long silence."""
+
+    def increment(
+        self,
+        method: str | None = None,
+        url: str | None = None,
+        response: Any = None,
+        error: Exception | None = None,
+        _pool: Any = None,
+        _stacktrace: Any = None,
+    ) -> _AnnouncedRetry:
+        attempts = len(self.history) + 1
+        if isinstance(error, NameResolutionError):
+            exc = MaxRetryError(_pool, url or "", error)
+            exc.zoo_attempts = attempts  # type: ignore[attr-defined]
+            raise exc from error
+        try:
+            new = super().increment(method, url, response, error, _pool, _stacktrace)
+        except MaxRetryError as exc:
+            exc.zoo_attempts = attempts  # type: ignore[attr-defined]
+            raise
+        if error is not None:
+            what, left = _describe(error), new.read if self._is_read_error(error) else new.connect
+        else:
+            what, left = f"HTTP {getattr(response, 'status', '?')}", new.status
+        wait = (
+            new.get_retry_after(response)
+            if response is not None and self.respect_retry_after_header
+            else None
+        )
+        wait = wait or new.get_backoff_time()
+        when = f"in {wait:g} s" if wait > 0 else "now"
+        left_text = f", {left} more after this" if isinstance(left, int) and left > 0 else ", the last one"
+        log.warning(
+            "%s: %s; retrying %s (attempt %d%s)", _pool_host(_pool), what, when, attempts + 1, left_text
+        )
+        return new
+
+
+def _pool_host(pool: Any) -> str:
+    host, port = getattr(pool, "host", None), getattr(pool, "port", None)
+    if not host:
+        return "the server"
+    return host if port in (None, 80, 443) else f"{host}:{port}"
+
+
+class _NoRawRetryWarnings(logging.Filter):
+    """Drop urllib3's "Retrying (Retry(total=...)) after connection broken by ..." warnings:
+    `_AnnouncedRetry` already said the same in one readable line."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith("Retrying (")
+
+
+_URLLIB3_POOL_LOG = logging.getLogger("urllib3.connectionpool")
+if not any(isinstance(f, _NoRawRetryWarnings) for f in _URLLIB3_POOL_LOG.filters):
+    _URLLIB3_POOL_LOG.addFilter(_NoRawRetryWarnings())
+
+
 def make_session(config: FetchConfig) -> requests.Session:
     """A session whose adapter retries connect/read errors and 429/5xx with backoff, never a 404."""
-    retry = Retry(
-        total=config.retries,
-        connect=config.retries,
-        read=config.retries,
+    retry = _AnnouncedRetry(
+        total=None,
+        connect=config.connect_retries,
+        read=config.connect_retries,
         status=config.retries,
         other=0,
         backoff_factor=config.backoff,
@@ -311,6 +450,31 @@ class Cache:
         if not tag.exists():
             write_atomic(tag, _CACHEDIR_TAG)
 
+    def check(self, *, writable: bool) -> None:
+        """InputError naming the cache when it cannot serve (a file where the folder should be) or,
+        with `writable`, cannot take a download: found in milliseconds, before any network."""
+        existing = self.root
+        while not existing.exists() and existing.parent != existing:
+            existing = existing.parent
+        if not existing.is_dir():
+            what = "is a file" if existing == self.root else f"lies under {existing}, which is a file"
+            raise InputError(
+                f"cache {self.root} {what}, not a folder; pass another --cache DIR (or ZOO_CACHE)"
+            )
+        if not writable:
+            return
+        try:
+            self.prepare()
+            problem = next(
+                filter(None, map(dir_write_problem, (self.blobs, self.names, self.partial, self.locks))), None
+            )
+        except OSError as exc:
+            problem = exc.strerror or str(exc)
+        if problem:
+            raise InputError(
+                f"cache {self.root} is not writable ({problem}); pass another --cache DIR (or ZOO_CACHE)"
+            )
+
     def blob_path(self, sha256: str) -> Path:
         return self.blobs / sha256
 
@@ -345,6 +509,8 @@ class Cache:
         return self._read_index().get(url)
 
     def remember(self, url: str, sha256: str) -> None:
+        if self.lookup(url) == sha256:  # already known: no lock, so a read-only cache still serves
+            return
         with filelock.FileLock(self.locks / "index.lock"):
             index = self._read_index()
             if index.get(url) == sha256:
@@ -354,11 +520,62 @@ class Cache:
 
     # lookups
 
-    def find(self, url: str, expected: Expected, name: str) -> FetchedFile | None:
-        """The verified file for `url` if the store has content with the expected hash."""
+    def find(self, url: str, expected: Expected, name: str, *, by_hand: bool = True) -> FetchedFile | None:
+        """The verified file for `url` if the store has content with the expected hash, or (`by_hand`)
+        a file with that hash put at `checkpoints/<name>` by hand."""
         digest = expected.sha256 or self.lookup(url)
         if digest is None or not expected.matches(digest) or not self.blob_path(digest).is_file():
+            return self.adopt(url, name, expected.matches, f"the expected {expected}") if by_hand else None
+        return self._publish(url, digest, name)
+
+    def find_first_use(
+        self, url: str, name: str, check: Callable[[Path], None], *, by_hand: bool = True
+    ) -> FetchedFile | None:
+        """For a URL with no recorded hash: this cache's own earlier download of it (the index), else
+        (`by_hand`) a file put at `checkpoints/<name>` by hand that passes `check`."""
+        digest = self.lookup(url)
+        if digest is not None and self.blob_path(digest).is_file():
+            return self._publish(url, digest, name)
+        return self.adopt(url, name, lambda _: True, "", check=check) if by_hand else None
+
+    def adopt(
+        self,
+        url: str,
+        name: str,
+        accept: Callable[[str], bool],
+        wanted: str,
+        check: Callable[[Path], None] | None = None,
+    ) -> FetchedFile | None:
+        """Take a file the user put at `checkpoints/<name>` into the store when `accept(its sha256)`
+        (and `check(path)` raises nothing); a file that does not match is left alone with a warning."""
+        path = self.name_path(name)
+        if not path.is_file():
             return None
+        digest = sha256_file(path)
+        if not accept(digest):
+            log.warning("ignoring %s: its sha256 %s is not %s", path, digest, wanted)
+            return None
+        if check is not None:
+            try:
+                check(path)
+            except ZooError as exc:
+                raise InputError(f"{path}: {exc}; replace or delete it") from None
+        blob = self.blob_path(digest)
+        if not blob.is_file():
+            tmp = blob.with_name(f".{digest}.{uuid.uuid4().hex[:12]}.tmp")
+            try:
+                blob.parent.mkdir(parents=True, exist_ok=True)
+                try:
+                    os.link(path, tmp)
+                except OSError:  # no hard links here: a copy (the hash was taken of `path`, so re-check)
+                    shutil.copyfile(path, tmp)
+                    if sha256_file(tmp) != digest:
+                        raise ZooError(f"{path} changed while it was being copied into the cache") from None
+                os.replace(tmp, blob)
+            except OSError as exc:
+                tmp.unlink(missing_ok=True)
+                raise InputError(f"cache {self.root} is not writable ({exc.strerror or exc})") from None
+        log.info("took %s into the cache (sha256 %s)", path, digest)
         return self._publish(url, digest, name)
 
     def find_unverified(self, url: str, name: str) -> FetchedFile | None:
@@ -378,7 +595,10 @@ class Cache:
         actual = sha256_file(self.blob_path(digest))
         if actual != digest:
             log.warning("cached %s is corrupt (sha256 %s); removing it", self.blob_path(digest), actual)
-            self.blob_path(digest).unlink(missing_ok=True)
+            try:
+                self.blob_path(digest).unlink(missing_ok=True)
+            except OSError as exc:
+                raise InputError(f"cache {self.root} is not writable ({exc.strerror or exc})") from None
 
     # writes
 
@@ -400,17 +620,21 @@ class Cache:
         return FetchedFile(url, target, None, verified=False)
 
     def _publish(self, url: str, digest: str, name: str) -> FetchedFile:
-        self.remember(url, digest)
         link = self.name_path(name)
         blob = self.blob_path(digest)
-        if not (link.is_file() and os.path.samefile(link, blob)):
-            link.parent.mkdir(parents=True, exist_ok=True)
-            tmp = link.with_name(f".{link.name}.{uuid.uuid4().hex[:12]}.tmp")
-            try:
-                os.link(blob, tmp)
-            except OSError:  # no hard links here (some network/FAT file systems): a copy
-                shutil.copyfile(blob, tmp)
-            os.replace(tmp, link)
+        tmp = link.with_name(f".{link.name}.{uuid.uuid4().hex[:12]}.tmp")
+        try:
+            self.remember(url, digest)
+            if not (link.is_file() and os.path.samefile(link, blob)):
+                link.parent.mkdir(parents=True, exist_ok=True)
+                try:
+                    os.link(blob, tmp)
+                except OSError:  # no hard links here (some network/FAT file systems): a copy
+                    shutil.copyfile(blob, tmp)
+                os.replace(tmp, link)
+        except OSError as exc:
+            tmp.unlink(missing_ok=True)
+            raise InputError(f"cache {self.root} is not writable ({exc.strerror or exc})") from None
         return FetchedFile(url, link, digest, verified=True)
 
 
@@ -426,6 +650,11 @@ def _safe_name(name: str, url: str) -> str:
     if not name or name in (".", "..") or name.startswith(".") or "/" in name or "\\" in name:
         raise InputError(f"{url}: cannot use {name!r} as a cache file name")
     return name
+
+
+def _host(url: str) -> str:
+    """host[:port] of a URL, without credentials."""
+    return urlsplit(url).netloc.rsplit("@", 1)[-1]
 
 
 def _redact(url: str) -> str:
@@ -445,6 +674,10 @@ class _Incomplete(Exception):
 
 class _Restart(Exception):
     """The server cannot continue the partial file (changed file, bad 206, 416): start over."""
+
+
+class _Unreachable(Exception):
+    """The server could not be reached or kept failing; `fetch` adds what the user can do instead."""
 
 
 _RESUMABLE = (
@@ -614,7 +847,9 @@ def _attempt(session: requests.Session, state: _Partial, config: FetchConfig, pr
             state.url, headers=headers, stream=True, timeout=(config.connect_timeout, config.read_timeout)
         )
     except requests.exceptions.RequestException as exc:  # urllib3 already retried these
-        raise ZooError(f"download of {url} failed: {_describe(exc)}") from None
+        attempts = next((e.zoo_attempts for e in _causes(exc) if hasattr(e, "zoo_attempts")), 1)
+        tries = f" ({attempts} attempts)" if attempts > 1 else ""
+        raise _Unreachable(f"{_host(state.url)}: {_describe(exc)}{tries}") from None
     with resp:
         if resp.status_code == 416 and state.have:
             m = _UNSATISFIED_RANGE.fullmatch(resp.headers.get("Content-Range", "").strip())
@@ -630,8 +865,11 @@ def _attempt(session: requests.Session, state: _Partial, config: FetchConfig, pr
         else:
             if resp.status_code not in (408, 429) and resp.status_code < 500:
                 state.discard()  # the resource is gone or forbidden: its part is useless
-            retried = f" after {config.retries} retries" if resp.status_code in _RETRY_STATUS else ""
-            raise ZooError(f"download of {url} failed: HTTP {resp.status_code} {resp.reason}{retried}")
+            if resp.status_code in _RETRY_STATUS:
+                raise _Unreachable(
+                    f"{_host(state.url)}: HTTP {resp.status_code} {resp.reason} after {config.retries} retries"
+                )
+            raise ZooError(f"download of {url} failed: HTTP {resp.status_code} {resp.reason}")
         progress.start(state.total, state.have)
         state.receive(resp, config.chunk_size, progress)
 
@@ -650,33 +888,90 @@ def _download(session: requests.Session, state: _Partial, config: FetchConfig, l
             if isinstance(exc, _Restart):
                 state.reset()
             if failures > config.resumes:
-                kept = f"; {state.have} bytes kept for the next try" if state.have else ""
-                raise ZooError(
-                    f"download of {_redact(state.url)} failed after {failures} attempts: {reason}{kept}"
-                ) from None
+                kept = f", {state.have} bytes kept for the next try" if state.have else ""
+                raise _Unreachable(f"{_host(state.url)}: {reason}, {failures} attempts{kept}") from None
             log.info("%s: %s; %s", label, reason, "resuming" if state.have else "retrying")
             time.sleep(min(config.backoff * 2 ** (failures - 1), config.backoff_max))
     progress.close(state.have)
 
 
+_ERRNO_WORDS = {
+    errno.ECONNREFUSED: "connection refused (nothing listens on that port)",
+    errno.ECONNRESET: "connection reset by the server",
+    errno.ENETUNREACH: "network unreachable (no route: offline?)",
+    errno.EHOSTUNREACH: "host unreachable",
+    errno.ETIMEDOUT: "connection timed out",
+}
+
+
+def _causes(exc: BaseException) -> list[BaseException]:
+    """`exc` and what it wraps: requests -> urllib3 MaxRetryError -> its reason -> the socket error."""
+    chain: list[BaseException] = []
+    current: BaseException | None = exc
+    while current is not None and current not in chain and len(chain) < 12:
+        chain.append(current)
+        reason = getattr(current, "reason", None)
+        if isinstance(reason, BaseException):
+            current = reason
+        elif current.args and isinstance(current.args[0], BaseException):
+            current = current.args[0]
+        else:
+            current = current.__cause__ or current.__context__
+    return chain
+
+
 def _describe(exc: BaseException) -> str:
-    """One short line for an exception from requests/urllib3 (their str() nests reprs)."""
+    """What failed, as complete words, from requests/urllib3's nested exceptions (their str() nests
+    reprs of reprs, which used to end up cut mid-word)."""
+    from urllib3.exceptions import ConnectTimeoutError, NewConnectionError, ProtocolError, ReadTimeoutError
+
     if isinstance(exc, (_Incomplete, _Restart)):
         return str(exc)
-    text = " ".join(str(exc).split())
-    for needle, words in (
-        ("connect timeout", "connection timed out"),
-        ("timed out", "read timed out"),
-        ("Connection refused", "connection refused"),
-        ("IncompleteRead", "connection closed mid-body"),
-        ("Connection broken", "connection broken mid-body"),
-    ):
-        if needle in text:
-            return words
-    return text[:200]
+    chain = _causes(exc)
+    for e in chain:
+        if isinstance(e, (NameResolutionError, socket.gaierror)):
+            return "the host name does not resolve (no network, or DNS unreachable)"
+        if isinstance(e, (ReadTimeoutError, requests.exceptions.ReadTimeout)):
+            return "read timed out (connected, but no data came within the read timeout)"
+        if isinstance(e, ConnectTimeoutError) and not isinstance(e, NewConnectionError):
+            return "connection timed out (no answer to the connection request)"
+        if isinstance(e, OSError) and e.errno in _ERRNO_WORDS:
+            return _ERRNO_WORDS[e.errno]
+        if isinstance(e, requests.exceptions.SSLError):
+            break
+        if isinstance(e, ProtocolError) and str(e).startswith("Connection aborted"):
+            return "the server closed the connection without answering"
+        if isinstance(e, ProtocolError) or "IncompleteRead" in type(e).__name__:
+            return "connection closed mid-body"
+    last = chain[-1]
+    if isinstance(last, NewConnectionError):  # urllib3 wraps the socket error in its message only
+        return " ".join(str(last).split(": ", 1)[-1].split())
+    return " ".join(str(last).split()) or type(last).__name__
 
 
 # -- public entry points -------------------------------------------------------------------------------------
+
+
+class NotCachedError(InputError):
+    """Offline, and the file is not in the cache. `path` is where a copy put by hand is picked up."""
+
+    def __init__(self, message: str, url: str, path: Path) -> None:
+        super().__init__(message)
+        self.url = url
+        self.path = path
+
+
+@dataclass(frozen=True)
+class FirstUse:
+    """Trust on first use, for files nobody publishes a hash of (COCO's val2017.zip).
+
+    The first complete download that passes `check` (e.g. every zip member's CRC) has its sha256
+    recorded in `lock`; the caller passes that hash as `expected` from then on, so any later
+    download must be byte-identical to the first one.
+    """
+
+    lock: ChecksumLock
+    check: Callable[[Path], None]  # raises ZooError (why, without the path) for a broken or partial file
 
 
 def fetch(
@@ -690,33 +985,39 @@ def fetch(
     config: FetchConfig | None = None,
     session: requests.Session | None = None,
     allow_unverified: bool = False,
+    first_use: FirstUse | None = None,
 ) -> FetchedFile:
     """Return the cached, verified file for `url`, downloading it if needed.
 
-    `expected` None is refused unless `allow_unverified`; such files go to `unverified/` and are
-    never loadable. `offline`/`mirrors` default to $ZOO_OFFLINE/$ZOO_MIRROR. `name` is the
-    human-readable name under `checkpoints/` (default: the URL's file name).
+    `expected` None is refused unless `first_use` (the download is checked, stored and its hash
+    recorded) or `allow_unverified` (stored under `unverified/`, never loadable). `offline`,
+    `mirrors` and `config` default to $ZOO_OFFLINE, $ZOO_MIRROR and `FetchConfig.from_env()`.
+    `name` is the human-readable name under `checkpoints/` (default: the URL's file name).
     """
     cache = cache if isinstance(cache, Cache) else Cache(resolve_cache_dir(cache))
-    config = config or FetchConfig()
+    cache.check(writable=False)
+    config = config or FetchConfig.from_env()
     offline = offline_from_env() if offline is None else offline
     mirrors = parse_mirrors(os.environ.get("ZOO_MIRROR")) if mirrors is None else mirrors
     name = _safe_name(name or url_filename(url), url)
-    if expected is None and not allow_unverified:
+    if expected is not None:
+        first_use = None
+    elif first_use is None and not allow_unverified:
         raise InputError(
             f"{url}: no sha256 known (no manifest or lock entry, no 8-hex hash in the file name); "
             "pass --sha256 HEX, or --no-verify to store it unverified"
         )
-    found = _find(cache, url, expected, name)
+    found = _find(cache, url, expected, name, first_use)
     if found:
         return found
+    where = (
+        cache.unverified_path(url, name) if expected is None and first_use is None else cache.name_path(name)
+    )
     if offline:
-        where = cache.name_path(name) if expected else cache.unverified_path(url, name)
-        raise InputError(f"offline (--offline/ZOO_OFFLINE): {url} is not in the cache; expected at {where}")
-    try:
-        cache.prepare()
-    except OSError as exc:
-        raise ZooError(f"cannot create the cache in {cache.root}: {exc.strerror or exc}") from None
+        raise NotCachedError(
+            f"offline (--offline/ZOO_OFFLINE): {url} is not in the cache; put the file at {where}", url, where
+        )
+    cache.check(writable=True)
     lock = cache.download_lock(url, config.lock_timeout)
     try:
         lock.acquire(timeout=0)
@@ -729,19 +1030,31 @@ def fetch(
                 f"{url}: still locked by another download after {config.lock_timeout:.0f} s"
             ) from None
     try:
-        found = _find(cache, url, expected, name)  # the other process may have finished it
+        found = _find(cache, url, expected, name, first_use, by_hand=False)  # another process's download?
         if found:
             return found
         download_url = apply_mirrors(url, mirrors)
         if download_url != url:
             log.info("mirror: %s -> %s", _redact(url), _redact(download_url))
         state = _Partial.load(*cache.partial_paths(download_url), download_url)
-        with _session(session, config) as sess:
-            _download(sess, state, config, name)
-        if expected is None:
-            log.warning("%s stored UNVERIFIED (no hash to check): it will not be loaded", name)
-            return cache.store_unverified(state, url, name)
+        try:
+            with _session(session, config) as sess:
+                _download(sess, state, config, name)
+        except _Unreachable as exc:
+            raise ZooError(f"cannot download {_redact(url)}: {exc}; {_advice(url, where)}") from None
         digest = state.hasher.hexdigest()
+        if first_use is not None:
+            try:
+                first_use.check(state.part)
+            except ZooError as exc:
+                state.discard()
+                raise ZooError(f"download of {_redact(url)} rejected: {exc}; deleted") from None
+            fetched = cache.store(state, url, digest, name)
+            _record_first_use(first_use.lock, url, digest)
+            return fetched
+        if expected is None:
+            log.warning("%s stored under unverified/ (no hash to check): load_checkpoint refuses it", name)
+            return cache.store_unverified(state, url, name)
         if not expected.matches(digest):
             state.discard()
             html = (
@@ -757,10 +1070,44 @@ def fetch(
         lock.release()
 
 
-def _find(cache: Cache, url: str, expected: Expected | None, name: str) -> FetchedFile | None:
-    if expected is None:
+def _advice(url: str, path: Path) -> str:
+    """What to do when the host cannot be reached, in the words of the options that do it."""
+    parts = urlsplit(url)
+    prefix = f"{parts.scheme}://{parts.netloc.rsplit('@', 1)[-1]}/"
+    return (
+        f"retry when the network is back, use a mirror (ZOO_MIRROR='{prefix}=https://MIRROR/'), "
+        f"or put the file at {path} and rerun (--offline never touches the network)"
+    )
+
+
+def _record_first_use(lock: ChecksumLock, url: str, digest: str) -> None:
+    try:
+        if not lock.record(url, digest):
+            return
+    except OSError as exc:  # the download itself is good; only the pin for later ones is lost
+        log.warning("could not record the sha256 of %s in %s (%s): later downloads are not pinned to it",
+                    _redact(url), lock.path, exc.strerror or exc)  # fmt: skip
+        return
+    log.info("recorded sha256 %s of %s in %s: later downloads must match it", digest, _redact(url), lock.path)
+
+
+def _find(
+    cache: Cache,
+    url: str,
+    expected: Expected | None,
+    name: str,
+    first_use: FirstUse | None = None,
+    *,
+    by_hand: bool = True,
+) -> FetchedFile | None:
+    if expected is not None:
+        return cache.find(url, expected, name, by_hand=by_hand)
+    if first_use is None:
         return cache.find_unverified(url, name)
-    return cache.find(url, expected, name)
+    found = cache.find_first_use(url, name, first_use.check, by_hand=by_hand)
+    if found is not None:
+        _record_first_use(first_use.lock, url, found.sha256 or "")
+    return found
 
 
 @contextlib.contextmanager
@@ -793,18 +1140,10 @@ def fetch_row(
     the cached file is re-hashed first, and the verified hash is written back.
     """
     ckpt = row.checkpoint
-    expected = resolve_expected(
-        ckpt.url,
-        sha256=ckpt.sha256,
-        source=f"manifest row {row.id}",
-        prefix=ckpt.sha256_prefix,
-        locked=None if update_lock else lock.get(ckpt.url),
-        lock_path=lock.path,
-    )
+    expected = row_expected(row, lock, update_lock=update_lock)
     cache = cache if isinstance(cache, Cache) else Cache(resolve_cache_dir(cache))
-    if expected is None:
-        raise InputError(f"manifest row {row.id}: checkpoint {ckpt.url} has no sha256 or sha256 prefix")
     if update_lock:
+        cache.check(writable=False)
         cache.reverify(ckpt.url, expected)
     suffix = Path(url_filename(ckpt.url)).suffix
     fetched = fetch(
@@ -820,9 +1159,30 @@ def fetch_row(
     try:
         if lock.record(ckpt.url, fetched.sha256) and not update_lock:
             log.info("recorded the full sha256 of %s in %s", row.id, lock.path)
-    except OSError as exc:  # a read-only checkout must not make a verified download fail
-        log.warning("could not record the sha256 of %s in %s: %s", row.id, lock.path, exc)
+    except OSError as exc:
+        if update_lock:  # the lock file is this command's output
+            raise InputError(f"{lock.path}: cannot write the lock file ({exc.strerror or exc})") from None
+        # a read-only checkout must not make a verified download fail
+        log.warning("could not record the sha256 of %s in %s: %s", row.id, lock.path, exc.strerror or exc)
     return fetched
+
+
+def row_expected(row: Row, lock: ChecksumLock, *, update_lock: bool = False) -> Expected:
+    """The hash a row's checkpoint must have (see `resolve_expected`); InputError when the manifest,
+    the lock file and the file name disagree. Cheap: callers check every row before downloading any.
+    With `update_lock`, the lock entry is left out, so that a wrong one can be replaced."""
+    ckpt = row.checkpoint
+    expected = resolve_expected(
+        ckpt.url,
+        sha256=ckpt.sha256,
+        source=f"manifest row {row.id}",
+        prefix=ckpt.sha256_prefix,
+        locked=None if update_lock else lock.get(ckpt.url),
+        lock_path=lock.path,
+    )
+    if expected is None:
+        raise InputError(f"manifest row {row.id}: checkpoint {ckpt.url} has no sha256 or sha256 prefix")
+    return expected
 
 
 def load_checkpoint(

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
 import sys
 from pathlib import Path
 
@@ -23,13 +22,30 @@ def _root(args: argparse.Namespace, dataset) -> Path:  # noqa: ANN001
     return args.root if args.root is not None else default_root(dataset)
 
 
-def _prepare(args: argparse.Namespace) -> int:
-    from zoo.data import prepare
+def _non_negative_float(text: str) -> float:
+    """argparse type: a finite float >= 0, with a one-line message naming the bad value."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number >= 0, got {text!r}") from None
+    if not 0 <= value < float("inf"):
+        raise argparse.ArgumentTypeError(f"expected a number >= 0, got {text}")
+    return value
 
-    logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
+
+def _prepare(args: argparse.Namespace) -> int:
+    from zoo.cli.fetch import configure_logging
+    from zoo.data import datasets_lock, prepare
+
+    configure_logging()
     dataset = _dataset(args)
     result = prepare(
-        dataset, _root(args, dataset), cache=args.cache, offline=args.offline or None, jobs=args.jobs
+        dataset,
+        _root(args, dataset),
+        lock=datasets_lock(args.manifests),
+        cache=args.cache,
+        offline=args.offline or None,
+        jobs=args.jobs,
     )
     shown = set()
     for step in result.steps:
@@ -55,7 +71,10 @@ def _prepare(args: argparse.Namespace) -> int:
         print(f"{dataset.id}: ready at {result.root}")
         return 0
     manual = sum(s.status == "manual" for s in result.steps)
-    print(f"zoo: error: {dataset.id}: {manual} file(s) need a manual step (above); rerun this command once they are in place",
+    skipped = sum(s.status == "skipped" for s in result.steps)
+    left = [f"{manual} file(s) need a manual step"] if manual else []
+    left += [f"{skipped} download(s) skipped because of --offline"] if skipped else []
+    print(f"zoo: error: {dataset.id}: {' and '.join(left)} (above); rerun this command once they are in place",
           file=sys.stderr)  # fmt: skip
     return 1
 
@@ -64,7 +83,9 @@ def _verify(args: argparse.Namespace) -> int:
     from zoo.data import verify
 
     dataset = _dataset(args)
-    report = verify(dataset, _root(args, dataset), expect_count=args.expect_count)
+    report = verify(
+        dataset, _root(args, dataset), expect_count=args.expect_count, decode=args.decode, jobs=args.jobs
+    )
     if args.json:
         findings = [{"level": f.level, "message": f.message} for f in report.findings]
         print(
@@ -116,7 +137,17 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("dataset", help="dataset id or alias in manifests/datasets.yaml")
     p.add_argument("--root", type=Path, help="data root (default: $ZOO_DATA_ROOT/<root>, else data/<root>)")
     p.add_argument(
-        "--expect-count", type=int, help="expected number of images (overrides registry and synthetic marker)"
+        "--expect-count",
+        type=at_least(1),
+        help="expected number of images (overrides registry and synthetic marker)",
+    )
+    p.add_argument(
+        "--decode",
+        action="store_true",
+        help="also decode every annotated image as mmpose will (slower; names each unreadable one)",
+    )
+    p.add_argument(
+        "--jobs", type=at_least(1), default=None, help="decoding threads (default: CPUs, at most 8)"
     )
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.set_defaults(handler=_verify)
@@ -126,12 +157,17 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--out", type=Path, required=True, help="data root to create (empty or an earlier synthetic root)"
     )
-    p.add_argument("--images", type=int, default=8, help="number of images (default 8; 5000 = full val size)")
-    p.add_argument("--seed", type=int, default=0, help="same seed, byte-identical files (default 0)")
+    p.add_argument(
+        "--images", type=at_least(1), default=8, help="number of images (default 8; 5000 = full val size)"
+    )
+    p.add_argument("--seed", type=at_least(0), default=0, help="same seed, byte-identical files (default 0)")
     p.add_argument("--no-images", action="store_true", help="annotations and detections only")
     p.add_argument(
-        "--max-side", type=int, default=640, help="long image side in pixels (default 640, as COCO)"
+        "--max-side",
+        type=int,
+        default=640,
+        help="long image side in pixels, at least 64 (default 640, as COCO)",
     )
-    p.add_argument("--fp-per-image", type=float, default=1.0,
+    p.add_argument("--fp-per-image", type=_non_negative_float, default=1.0,
                    help="mean false-positive boxes per image (default 1; 19 gives the real file's ~104k at 5000 images)")  # fmt: skip
     p.set_defaults(handler=_synth)

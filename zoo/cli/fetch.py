@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 
 from zoo.cli import add_common, add_fetch_options
@@ -22,8 +23,9 @@ class _CurrentStderr(logging.StreamHandler):
         """Ignored: the stream is always the current sys.stderr."""
 
 
-def _configure_logging() -> None:
-    """Progress and notes go to stderr (stdout carries only the paths), unless someone set up logging."""
+def configure_logging() -> None:
+    """Progress and notes go to stderr as `zoo: ...` lines (stdout carries only results), unless
+    someone set up logging. Only the `zoo` logger: libraries' raw log lines do not reach the user."""
     logger = logging.getLogger("zoo")
     if not logger.handlers:
         handler = _CurrentStderr()
@@ -50,11 +52,15 @@ def _run(args: argparse.Namespace) -> int:
     from zoo import fetch as f
 
     all_rows = _check_args(args)
-    _configure_logging()
+    configure_logging()
     cache = f.Cache(f.resolve_cache_dir(args.cache))
+    cache.check(writable=False)
     offline = args.offline or f.offline_from_env()
     lock = f.ChecksumLock(args.manifests / "checkpoints.lock")
-    config = f.FetchConfig()
+    if args.update_lock:
+        lock.check_writable()  # the lock file is the output: refuse before hashing or fetching anything
+    config = f.FetchConfig.from_env()
+    f.parse_mirrors(os.environ.get("ZOO_MIRROR"))
     if args.url is not None:
         expected = f.resolve_expected(
             args.url, sha256=args.sha256, locked=lock.get(args.url), lock_path=lock.path
@@ -69,6 +75,8 @@ def _run(args: argparse.Namespace) -> int:
 
     manifests = load_manifests(args.manifests)
     rows = manifests.rows if all_rows else [manifests.row(r) for r in args.rows]
+    for row in rows:  # a manifest, lock file or file name that disagree: bad input, before any download
+        f.row_expected(row, lock, update_lock=args.update_lock)
     worst = 0
     with f.make_session(config) as session:
         for row in rows:  # one failing row does not stop the others; each failure is one line
@@ -82,6 +90,12 @@ def _run(args: argparse.Namespace) -> int:
                     config=config,
                     session=session,
                 )
+            except f.NotCachedError as exc:  # offline: this row is missing, the others may be there
+                print(f"zoo: error: {row.id}: {exc}", file=sys.stderr)
+                worst = max(worst, exc.exit_code)
+                continue
+            except InputError:  # an unusable cache or lock file: the same for every row
+                raise
             except ZooError as exc:
                 print(f"zoo: error: {row.id}: {exc}", file=sys.stderr)
                 worst = max(worst, exc.exit_code)

@@ -5,7 +5,7 @@ a synthetic COCO-WholeBody generator. One module per concern; this package only 
 from zoo.data.boxes import PersonBoxes, det_boxes, gt_boxes, load_boxes, mmdet_det_file, parse_box_spec
 from zoo.data.paths import DataPaths
 from zoo.data.prepare import PrepareResult, Step, extract_zip, prepare
-from zoo.data.registry import Dataset, Registry, dataset_paths, default_root, load_registry
+from zoo.data.registry import Dataset, Registry, dataset_paths, datasets_lock, default_root, load_registry
 from zoo.data.synth import SynthPaths, SynthSpec, synthesize
 from zoo.data.ubody import convert_ubody
 from zoo.data.verify import Finding, VerifyReport, verify
@@ -23,6 +23,7 @@ __all__ = [
     "VerifyReport",
     "convert_ubody",
     "dataset_paths",
+    "datasets_lock",
     "default_root",
     "det_boxes",
     "extract_zip",

@@ -6,6 +6,13 @@ extracted to a temporary folder beside the destination and moved into place only
 Files behind cloud-drive pages or access forms cannot be fetched by a program; for those,
 `prepare` prints where to get them, where to put them and the checksum to expect, and picks them
 up on the next run. Derived files (UBody frames and annotations) are built from their inputs.
+
+Archives nobody publishes a checksum of (COCO's val2017.zip) are pinned by trust on first use:
+the first complete download whose every zip member passes its CRC check has its sha256 recorded
+in `manifests/datasets.lock`, and every later download must match it (a mismatch is an error and
+nothing is extracted). A third party's checksum in the registry (`verified: false`) is only
+compared, and a difference is a warning. Unusable inputs (a --cache or --root that is a file or
+read-only) are refused before anything is downloaded.
 """
 
 from __future__ import annotations
@@ -19,18 +26,23 @@ import tempfile
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
+from typing import TYPE_CHECKING
 
-from zoo.data.registry import DataFile, Dataset, DownloadSource, ManualSource
+from zoo.data.registry import DATASETS_FILE, DataFile, Dataset, DownloadSource, ManualSource
 from zoo.errors import InputError, ZooError
+
+if TYPE_CHECKING:
+    from zoo.fetch import Cache, ChecksumLock
 
 log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
 class Step:
-    """What `prepare` did or needs for one file. status: present|fetched|built|manual|pending|warning.
+    """What `prepare` did or needs for one file. status: present|fetched|built|manual|pending|skipped|warning.
 
     `pending`: a derived file that this command builds once the manual inputs are in place.
+    `skipped`: a download not made because of --offline; `dest` is where a copy put by hand is taken.
 
     A manual step also carries where to get the file (`links`), where to put it (`dest`) and the
     checksum to expect (`sha256`, `sha256_verified`).
@@ -53,7 +65,7 @@ class PrepareResult:
     @property
     def complete(self) -> bool:
         """True when nothing is left for the user to do."""
-        return not any(s.status in ("manual", "pending") for s in self.steps)
+        return not any(s.status in ("manual", "pending", "skipped") for s in self.steps)
 
 
 def _check_member(name: str, archive: Path) -> PurePosixPath:
@@ -132,30 +144,43 @@ def extract_zip(archive: Path, member: str, dest: Path) -> int:
     return count
 
 
-def _download(
-    file: DataFile, src: DownloadSource, dest: Path, cache: Path | None, offline: bool | None
-) -> list[Step]:
-    """Fetch the archive through the zoo cache and extract its member folder to `dest`."""
-    from zoo.fetch import Cache, fetch, resolve_cache_dir, resolve_expected, sha256_file
+def check_zip(path: Path) -> None:
+    """Read every member and check its CRC: the archive is complete and intact (ZooError saying why).
 
-    steps = []
-    cache_obj = Cache(resolve_cache_dir(cache))
+    This is what makes a first download trustworthy enough to pin its hash (see the module doc).
+    """
+    try:
+        with zipfile.ZipFile(path) as zf:
+            bad = zf.testzip()
+    except (zipfile.BadZipFile, OSError, EOFError) as exc:
+        raise ZooError(f"not a readable zip archive ({exc})") from None
+    if bad is not None:
+        raise ZooError(f"zip member {bad!r} is corrupt (CRC mismatch)")
+
+
+def _download(
+    file: DataFile, src: DownloadSource, dest: Path, cache: Cache, offline: bool, lock: ChecksumLock
+) -> list[Step]:
+    """Fetch the archive through the zoo cache, pinned to its recorded hash, and extract its member folder."""
+    from zoo.fetch import FirstUse, NotCachedError, fetch, resolve_expected
+
     ck = src.checksum
-    if ck is not None and ck.verified:
-        expected = resolve_expected(src.url, sha256=ck.sha256, source=f"datasets.yaml {file.path}")
-        fetched = fetch(src.url, expected, cache=cache_obj, offline=offline)
-    else:
-        # An unconfirmed third-party hash must not make a good 800 MB download fail: fetch it
-        # unverified, then compare and warn (the zip's own CRCs still guard the extraction).
-        fetched = fetch(src.url, None, cache=cache_obj, offline=offline, allow_unverified=True)
-        if ck is not None:
-            digest = sha256_file(fetched.path)
-            if digest != ck.sha256:
-                steps.append(Step(file.path, "warning", f"{fetched.path}: sha256 {digest} differs from the "
-                                  f"unverified third-party value {ck.sha256} ({ck.origin})"))  # fmt: skip
+    expected = resolve_expected(src.url, sha256=ck.sha256 if ck is not None and ck.verified else None,
+                                source=f"{DATASETS_FILE} {file.path}", locked=lock.get(src.url),
+                                lock_path=lock.path)  # fmt: skip
+    try:
+        fetched = fetch(src.url, expected, cache=cache, offline=offline, first_use=FirstUse(lock, check_zip))
+    except NotCachedError as exc:
+        return [Step(file.path, "skipped", f"not downloaded (--offline): {src.url}; put the archive at "
+                     f"{exc.path} or run without --offline", dest=exc.path)]  # fmt: skip
+    steps = []
+    if ck is not None and not ck.verified and fetched.sha256 != ck.sha256:
+        steps.append(Step(file.path, "warning", f"{fetched.path}: sha256 {fetched.sha256} differs from the "
+                          f"unverified third-party value {ck.sha256} ({ck.origin})"))  # fmt: skip
     log.info("extracting %s/ from %s to %s", src.member, fetched.path, dest)
     n = extract_zip(fetched.path, src.member, dest)
-    steps.append(Step(file.path, "fetched", f"{n} files from {src.url} (cached at {fetched.path})"))
+    steps.append(Step(file.path, "fetched", f"{n} files from {src.url} (sha256 {fetched.sha256}, cached at "
+                      f"{fetched.path})"))  # fmt: skip
     return steps
 
 
@@ -175,7 +200,7 @@ def _present(file: DataFile, dest: Path) -> Step:
     if digest == file.checksum.sha256:
         return Step(file.path, "present", f"{dest} (sha256 matches)")
     if file.checksum.verified:
-        raise ZooError(
+        raise InputError(
             f"{dest}: sha256 {digest} does not match the registry's {file.checksum.sha256}; replace the file"
         )
     return Step(file.path, "warning", f"{dest}: sha256 {digest} differs from the unverified third-party value "
@@ -183,15 +208,28 @@ def _present(file: DataFile, dest: Path) -> Step:
 
 
 def prepare(
-    dataset: Dataset, root: Path, *, cache: Path | None = None, offline: bool | None = None, jobs: int = 2
+    dataset: Dataset,
+    root: Path,
+    *,
+    lock: ChecksumLock,
+    cache: Path | None = None,
+    offline: bool | None = None,
+    jobs: int = 2,
 ) -> PrepareResult:
     """Fetch, extract or build every file of `dataset` under `root` that is missing; report each file.
 
-    Idempotent: files already in place are only checked. `cache`/`offline` go to zoo.fetch
-    (defaults: $ZOO_CACHE / $ZOO_OFFLINE); `jobs` is the number of parallel ffmpeg runs (UBody).
+    Idempotent: files already in place are only checked. `lock` pins archive downloads (see the
+    module doc; `zoo.data.datasets_lock(manifests)`). `cache`/`offline` go to zoo.fetch (defaults:
+    $ZOO_CACHE / $ZOO_OFFLINE); `jobs` is the number of parallel ffmpeg runs (UBody). With
+    `offline`, downloads not in the cache become `skipped` steps and every manual step is still listed.
     """
+    from zoo.fetch import Cache, offline_from_env, resolve_cache_dir
+
     root = Path(root)
-    root.mkdir(parents=True, exist_ok=True)
+    offline = offline_from_env() if offline is None else offline
+    cache_obj = Cache(resolve_cache_dir(cache))
+    cache_obj.check(writable=False)  # a --cache that is a file is a bad argument whether or not it is used
+    _check_root(dataset, root)
     steps: list[Step] = []
     derived = [f for f in dataset.files if f.source.kind == "derived" and not (root / f.path).exists()]
     missing_inputs = False
@@ -208,7 +246,7 @@ def prepare(
         if dest.exists():
             steps.append(_present(file, dest))
         elif src.kind == "download":
-            steps += _download(file, src, dest, cache, offline)
+            steps += _download(file, src, dest, cache_obj, offline, lock)
         elif src.kind == "manual":
             steps.append(_manual(file, src, dest))
     if derived and missing_inputs:
@@ -223,9 +261,25 @@ def prepare(
     return PrepareResult(root=root, steps=tuple(steps))
 
 
+def _check_root(dataset: Dataset, root: Path) -> None:
+    """The data root must be a folder, and writable while anything is missing (prepare or the user
+    will write there): InputError naming it, before any download."""
+    from zoo.fetch import dir_write_problem
+
+    if root.exists() and not root.is_dir():
+        raise InputError(f"data root {root} is a file, not a folder; pass another --root DIR")
+    if all((root / f.path).exists() for f in dataset.files):
+        return
+    problem = dir_write_problem(root, create=True)
+    if problem:
+        raise InputError(f"data root {root} is not writable ({problem}); pass another --root DIR")
+
+
 def require_root(root: Path) -> Path:
     """The data root must exist for `verify`: a missing root is bad input (exit 2), not a failed check."""
     root = Path(root)
+    if root.exists() and not root.is_dir():
+        raise InputError(f"data root {root} is a file, not a folder; pass another --root DIR")
     if not root.is_dir():
         raise InputError(f"{root}: data root does not exist (prepare it with `zoo data prepare`)")
     return root

@@ -21,6 +21,12 @@ from zoo.errors import InputError
 from zoo.fileio import read_yaml
 
 DATASETS_FILE = "datasets.yaml"
+DATASETS_LOCK = "datasets.lock"  # beside checkpoints.lock: sha256 of each archive's first complete download
+_DATASETS_LOCK_HEADER = (
+    "# Full sha256 of each dataset archive, keyed by URL: written by `zoo data prepare` on the first\n"
+    "# complete download that passed its checks (trust on first use: COCO publishes no checksums).\n"
+    "# Every later download must match it. Generated; delete an entry to trust a new download again.\n"
+)
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
 
 
@@ -198,6 +204,13 @@ def load_registry(manifests: Path) -> Registry:
                 raise InputError(f"{path}: dataset {key!r}: {field}: {value!r} is not one of its files")
         datasets[key] = ds
     return Registry(path=path, datasets=datasets)
+
+
+def datasets_lock(manifests: Path):  # -> zoo.fetch.ChecksumLock (imported lazily: requests)
+    """`<manifests>/datasets.lock`, the record `prepare` pins archive downloads to."""
+    from zoo.fetch import ChecksumLock
+
+    return ChecksumLock(Path(manifests) / DATASETS_LOCK, header=_DATASETS_LOCK_HEADER)
 
 
 def default_root(dataset: Dataset) -> Path:

@@ -28,6 +28,7 @@ from zoo.data.paths import ANN_FILE, DET_FILE, IMG_DIR, SYNTH_MARKER, DataPaths
 from zoo.errors import InputError, ZooError
 
 # COCO image shapes (w, h) at long side 640; scaled to SynthSpec.max_side.
+MIN_SIDE = 64  # below it the smallest shape leaves no room for the background clutter and figures
 _SHAPES = ((640, 480), (640, 427), (480, 640), (640, 426), (500, 375), (640, 360), (427, 640))
 
 
@@ -475,11 +476,19 @@ def _image(
 
 
 def _check_out(out: Path) -> None:
-    """Refuse to replace a folder that holds something other than an earlier synthetic set."""
+    """Refuse to replace a folder that holds something other than an earlier synthetic set, and an
+    output that cannot be written (checked before generating anything)."""
+    from zoo.fetch import dir_write_problem
+
+    if out.exists() and not out.is_dir():
+        raise InputError(f"--out {out}: is a file, not a folder")
     if out.exists() and not (out / SYNTH_MARKER).exists() and any(out.iterdir()):
         raise InputError(
             f"{out}: not empty and not a synthetic data root (no {SYNTH_MARKER}); choose an empty folder"
         )
+    problem = dir_write_problem(out.parent, create=True)  # the set is built beside `out`, then renamed
+    if problem:
+        raise InputError(f"--out {out}: cannot write there ({problem})")
 
 
 def synthesize(
@@ -494,7 +503,13 @@ def synthesize(
     """
     if n_images < 1:
         raise InputError(f"--images must be at least 1, got {n_images}")
+    if seed < 0:
+        raise InputError(f"--seed must be at least 0, got {seed}")
     spec = spec or SynthSpec()
+    if spec.max_side < MIN_SIDE:
+        raise InputError(f"--max-side must be at least {MIN_SIDE}, got {spec.max_side}")
+    if not 0 <= spec.fp_per_image < float("inf"):
+        raise InputError(f"--fp-per-image must be a number >= 0, got {spec.fp_per_image}")
     out = Path(out)
     _check_out(out)
     out.parent.mkdir(parents=True, exist_ok=True)
