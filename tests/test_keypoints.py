@@ -415,6 +415,11 @@ def test_plots_are_valid_deterministic_pngs(tmp_path, people):
     assert delta.read_bytes() != flat.read_bytes()
     empty = keypoints.plot_keypoints({}, tmp_path / "empty.png", "no rows")
     assert _png_size(empty)[0] > 0
+    nothing = keypoints.keypoint_stats([], people, use_area=True)  # no value anywhere
+    for metric in keypoints.METRICS:
+        path = keypoints.plot_keypoints({"none": nothing}, tmp_path / f"n-{metric}.png", "t", metric=metric)
+        assert _png_size(path)[0] > 1000
+    assert _png_size(keypoints.plot_keypoint_delta(nothing, clean, tmp_path / "nd.png", "t"))[0] > 1000
 
 
 def test_plot_errors_are_one_line(tmp_path, people):

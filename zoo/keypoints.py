@@ -309,10 +309,11 @@ def summary_text(stats: KeypointStats, worst: int = 10, metric: str = "oks") -> 
 
 
 def _axis_range(values: np.ndarray, lo: float, hi: float, step: float = 0.05) -> tuple[float, float]:
-    """[lo, hi] shrunk to the finite data with a margin, on a `step` grid."""
+    """[lo, hi] shrunk to the finite data with a margin, on a `step` grid ([lo, lo + 1] when hi is
+    unbounded and there is no data)."""
     finite = values[np.isfinite(values)]
     if finite.size == 0:
-        return lo, hi
+        return lo, hi if math.isfinite(hi) else lo + 1.0
     bottom = max(lo, math.floor((float(finite.min()) - step / 2) / step) * step)
     top = min(hi, math.ceil((float(finite.max()) + step / 2) / step) * step)
     return bottom, top
@@ -371,7 +372,7 @@ def plot_keypoints(
             ax.plot(x, y, color=colour, linewidth=1.0, marker="o", markersize=2.5, label=label)
         values = np.concatenate(everything) if everything else np.zeros(0)
         if metric == "dist":
-            ax.set_ylim(0, _axis_range(values, 0, math.inf, step=1.0)[1] if values.size else 1)
+            ax.set_ylim(*_axis_range(values, 0.0, math.inf, step=1.0))
             ax.set_ylabel("mean distance to GT (px)")
         else:
             ax.set_ylim(*_axis_range(values, 0.0, 1.0))
