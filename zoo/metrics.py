@@ -748,6 +748,20 @@ class _GtGeometry:
     reach: dict[str, np.ndarray]  # part -> (G, 4) x/y ranges OKS distances are measured to
 
 
+def oks_scale(gt: GroundTruth, use_area: bool) -> np.ndarray:
+    """Each ground truth's OKS scale s^2 exactly as xtcocotools uses it: its `area`, or bbox w*h*0.53
+    with use_area=False (the UBody2D row), plus eps. Public so per-keypoint analyses use the same."""
+    bw, bh = gt.bbox[:, 2], gt.bbox[:, 3]
+    return (gt.area if use_area else bh * bw * 0.53) + np.spacing(1)
+
+
+def _range_area(gt: GroundTruth, use_area: bool) -> np.ndarray:
+    """The area xtcocotools compares with the area ranges: `area`, or bbox w*h*0.53 when it is absent
+    or use_area is off."""
+    bw, bh = gt.bbox[:, 2], gt.bbox[:, 3]
+    return np.where(np.isnan(gt.area) | (not use_area), bw * bh * 0.53, gt.area)
+
+
 def _gt_geometry(gt: GroundTruth, use_area: bool) -> _GtGeometry:
     bx, by, bw, bh = gt.bbox.T
     vis = gt.kpts[:, :, 2] > 0
@@ -770,7 +784,7 @@ def _gt_geometry(gt: GroundTruth, use_area: bool) -> _GtGeometry:
     return _GtGeometry(
         x=np.ascontiguousarray(gt.kpts[:, :, 0]),
         y=np.ascontiguousarray(gt.kpts[:, :, 1]),
-        scale=(gt.area if use_area else bh * bw * 0.53) + np.spacing(1),
+        scale=oks_scale(gt, use_area),
         bounds=bounds,
         labelled=labelled,
         labelled_first={p.name: np.argsort(~vis[:, p.start : p.stop], axis=1, kind="stable") for p in PARTS},
@@ -900,7 +914,7 @@ def _any_last(flags: np.ndarray) -> np.ndarray:
 
 def _greedy_match(
     oks: np.ndarray, ignore: np.ndarray, crowd: np.ndarray, thresholds: np.ndarray
-) -> tuple[np.ndarray, np.ndarray]:
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """xtcocotools' greedy matching for many images and all IoU thresholds at once.
 
     oks: (I, D, G) with -inf padding, detections in score order, ground truths in file order;
@@ -908,13 +922,15 @@ def _greedy_match(
     For each detection in turn, xtcocotools walks the ground truths sorted non-ignored first and
     keeps the last one with the highest OKS >= t among those still free (crowds never get used up),
     and looks at ignored ground truths only if no non-ignored one qualified.
-    Returns matched and matched-to-ignored flags, both (I, T, D).
+    Returns matched and matched-to-ignored flags, both (I, T, D), and the matched ground truth's
+    position on the G axis (-1 where unmatched), (I, T, D).
     """
     n_img, n_dt, n_gt = oks.shape
     n_thr = len(thresholds)
     used = np.zeros((n_img, n_thr, n_gt), dtype=bool)
     matched = np.zeros((n_img, n_thr, n_dt), dtype=bool)
     matched_ignored = np.zeros((n_img, n_thr, n_dt), dtype=bool)
+    matched_gt = np.full((n_img, n_thr, n_dt), -1, dtype=np.int32)
     ign = ignore[:, None, :]
     free_always = crowd[:, None, :]
     reachable = _any_last(oks >= thresholds[0])  # (I, D): can this detection match at all?
@@ -934,7 +950,8 @@ def _greedy_match(
         used[live[hit], hit_thr, best[hit, hit_thr]] = True
         matched[live, :, r] = found
         matched_ignored[live, :, r] = found & np.take_along_axis(ignore[live], best, axis=1)
-    return matched, matched_ignored
+        matched_gt[live[hit], hit_thr, r] = best[hit, hit_thr]
+    return matched, matched_ignored, matched_gt
 
 
 def _match_all(
@@ -946,8 +963,9 @@ def _match_all(
     pg: np.ndarray,
     oks: np.ndarray,
     thresholds: np.ndarray,
-) -> tuple[np.ndarray, np.ndarray]:
-    """Matched and matched-to-ignored flags, (A, N, T), for every kept detection and area range.
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Matched and matched-to-ignored flags, (A, N, T), for every kept detection and area range, and
+    the matched ground truth's row in `gt` (-1 where unmatched), (A, N, T).
 
     Images holding both detections and ground truths are packed into (image, rank, gt) cubes,
     bucketed by ground-truth count (powers of two) so that one crowded image does not pad them all;
@@ -956,8 +974,9 @@ def _match_all(
     n_area, n_det, n_thr = len(g_ignore), len(dgroup), len(thresholds)
     matched = np.zeros((n_area, n_det, n_thr), dtype=bool)
     matched_ignored = np.zeros((n_area, n_det, n_thr), dtype=bool)
+    matched_gt = np.full((n_area, n_det, n_thr), -1, dtype=np.int64)
     if len(pd) == 0:
-        return matched, matched_ignored
+        return matched, matched_ignored, matched_gt
     active, pair_img = np.unique(dgroup[pd], return_inverse=True)
     a_lo = np.searchsorted(gt.group, active, side="left")
     a_n = np.searchsorted(gt.group, active, side="right") - a_lo
@@ -988,17 +1007,21 @@ def _match_all(
             for a, ign in enumerate(g_ignore):
                 matched[a, d] = hit
                 matched_ignored[a, d] = hit & ign[slot[:, 0]][where_img, None]
+                matched_gt[a, d] = np.where(hit, slot[where_img, 0, None], -1)
             continue
-        m, m_ign = _greedy_match(
+        m, m_ign, m_gt = _greedy_match(
             np.concatenate([cube] * n_area),
             np.concatenate([ign[slot] | ~valid for ign in g_ignore]),
             np.concatenate([crowd] * n_area),
             thresholds,
         )
+        base = a_lo[imgs][where_img, None]  # each detection's image's first ground-truth row
         for a in range(n_area):
             matched[a, d] = m[a * len(imgs) + where_img, :, where_rank]
             matched_ignored[a, d] = m_ign[a * len(imgs) + where_img, :, where_rank]
-    return matched, matched_ignored
+            position = m_gt[a * len(imgs) + where_img, :, where_rank]
+            matched_gt[a, d] = np.where(position >= 0, base + position, -1)
+    return matched, matched_ignored, matched_gt
 
 
 @dataclass
@@ -1127,8 +1150,7 @@ def _evaluate_fast(gt: GroundTruth, dt: PoseResults, use_area: bool, sigmas: np.
     exact = np.nonzero(~_cannot_match(xy, geo, variances, u_pd, u_pg))[0]
     for name, values in _oks_all_parts(xy, geo, variances, u_pd[exact], u_pg[exact]).items():
         oks_union[name][exact] = values
-    bw, bh = gt.bbox[:, 2], gt.bbox[:, 3]
-    range_area = np.where(np.isnan(gt.area) | (not use_area), bw * bh * 0.53, gt.area)
+    range_area = _range_area(gt, use_area)
 
     metrics: Metrics = {}
     for part in PARTS:
@@ -1140,12 +1162,48 @@ def _evaluate_fast(gt: GroundTruth, dt: PoseResults, use_area: bool, sigmas: np.
         oks = oks_union[part.name][u_first[pd] + (pg - pg[np.searchsorted(pd, pd, side="left")])]
         base_ignore = gt.crowd | (geo.labelled[part.name] == 0)
         g_ignore = [base_ignore | (range_area < lo) | (range_area > hi) for lo, hi in p.areaRng]
-        matched, matched_ignored = _match_all(gt, g_ignore, dgroup, rank, pd, pg, oks, thresholds)
+        matched, matched_ignored, _ = _match_all(gt, g_ignore, dgroup, rank, pd, pg, oks, thresholds)
         score = dt.part_scores.get(part.score_key, dt.score)
         dcat = dgroup // max(len(gt.image_ids), 1)
         ev = _accumulate(gt, g_ignore, dcat, score[idx], dt.area[idx], matched, matched_ignored)
         metrics[part.name] = _summarize(ev)
     return metrics
+
+
+def wholebody_matches(
+    gt: GroundTruth, dt: PoseResults, use_area: bool, sigmas: np.ndarray | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """The (prediction row, ground-truth row) pairs the whole-body metric matches at OKS >= 0.5.
+
+    The same machinery as `evaluate`, so the pairs are xtcocotools' `evaluateImg` matches for
+    `keypoints_wholebody`, area range 'all', maxDets 20, lowest IoU threshold: per-keypoint analyses
+    then look at exactly the people the whole-body AP counts. Matches to an ignored ground truth (a
+    crowd, or no labelled keypoint) are left out, as they count neither way in the metric.
+    Rows index `dt` and `gt` (`load_results` / `load_ground_truth` order), pairs in prediction order.
+    """
+    if sigmas is None:
+        sigmas = dataset_sigmas()
+    p = _coco_params()
+    part = PARTS[-1]
+    group = _groups(dt, gt)
+    geo = _gt_geometry(gt, use_area)
+    idx, rank = _top_detections(part, dt, dt.keypoints[:, :, 2] > 0, group, p.maxDets[-1], {})
+    dgroup = group[idx]
+    pd, pg, _ = _pairs(gt.group, dgroup)
+    variances = (sigmas * 2) ** 2
+    xy = _coords(dt.keypoints, idx)
+    bound = _oks_upper_bounds(xy, geo, variances, pd, pg)[part.name]
+    exact = np.nonzero(~((geo.scale[pg] > 0) & (bound < _OKS_FLOOR)))[0]
+    oks = np.full(len(pd), -1.0)  # below every threshold: pairs that provably cannot match
+    oks[exact] = _oks_all_parts(xy, geo, variances, pd[exact], pg[exact])[part.name]
+    lo, hi = p.areaRng[p.areaRngLbl.index("all")]
+    range_area = _range_area(gt, use_area)
+    ignore = gt.crowd | (geo.labelled[part.name] == 0) | (range_area < lo) | (range_area > hi)
+    lowest = np.asarray(p.iouThrs)[:1]
+    matched, matched_ignored, matched_gt = _match_all(gt, [ignore], dgroup, rank, pd, pg, oks, lowest)
+    keep = np.nonzero(matched[0, :, 0] & ~matched_ignored[0, :, 0])[0]
+    order = np.argsort(idx[keep], kind="stable")
+    return idx[keep][order], matched_gt[0, keep, 0][order]
 
 
 # --------------------------------------------------------------------------------------------------
