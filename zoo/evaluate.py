@@ -109,13 +109,41 @@ def load_config(
     return cfg
 
 
-def config_digest(cfg: Any) -> str:
-    """A stable digest of the effective config (sorted JSON of its dict), for result fingerprints."""
-    import hashlib
+# Where the data lives and how it is loaded: they change no number, so the config a record is judged
+# by leaves them out (a moved data folder or another worker count does not make a record stale).
+_DATA_LOCATION = {
+    ("test_dataloader", "num_workers"), ("test_dataloader", "persistent_workers"),
+    ("test_dataloader", "dataset", "data_root"), ("test_dataloader", "dataset", "ann_file"),
+    ("test_dataloader", "dataset", "data_prefix"), ("test_dataloader", "dataset", "bbox_file"),
+    ("test_evaluator", "ann_file"),
+}  # fmt: skip
+
+
+def measured_config(cfg: Any) -> dict[str, Any]:
+    """The effective config as JSON, without where the data lives (`_DATA_LOCATION`; the box source
+    stays: whether a detection file is used) or the val copies of the test settings. What a
+    record's numbers depend on, and what `zoo check` compares with the manifest row's config now."""
     import json
 
-    text = json.dumps(cfg.to_dict(), sort_keys=True, default=str)
-    return hashlib.sha256(text.encode()).hexdigest()
+    data = json.loads(json.dumps(cfg.to_dict(), sort_keys=True, default=str))
+    for key in ("val_dataloader", "val_evaluator", "work_dir", "launcher"):
+        data.pop(key, None)
+    dataset = data.get("test_dataloader", {}).get("dataset", {})
+    dataset["detector_boxes"] = dataset.get("bbox_file") is not None
+    for path in _DATA_LOCATION:
+        node = data
+        for key in path[:-1]:
+            node = node.get(key, {}) if isinstance(node, dict) else {}
+        if isinstance(node, dict):
+            node.pop(path[-1], None)
+    return data
+
+
+def config_digest(cfg: Any) -> str:
+    """sha256 of `measured_config`: the fingerprint's config digest."""
+    from zoo.results import canonical_digest
+
+    return canonical_digest(measured_config(cfg))
 
 
 def resolve_device(spec: str = "auto") -> str:
@@ -675,6 +703,7 @@ def _finish(
         "status": "ok",
         "fingerprint": prepared.fingerprint,
         "fingerprint_digest": prepared.digest,
+        "config": measured_config(prepared.cfg),
         "checkpoint": {"url": row.checkpoint.url, "sha256": prepared.checkpoint.sha256},
         "box_source": prepared.boxes.source,
         "use_area": row.use_area,
