@@ -77,7 +77,8 @@ def lint(session: nox.Session) -> None:
 
 @nox.session(venv_backend="none")
 def demo(session: nox.Session) -> None:
-    """The whole pipeline offline on embedded synthetic data (`zoo demo`)."""
+    """The whole pipeline offline on embedded synthetic data (`zoo demo`): writes runs/demo/ (untracked).
+    `-- --out reports/demo` refreshes the committed example, `-- --perturb` shows the gate failing."""
     bindir = stack(session)
     session.run(str(bindir / "zoo"), "demo", *session.posargs, external=True)
 

@@ -4,21 +4,26 @@ What runs is the real path of a reproduction: a synthetic COCO-WholeBody data ro
 (`zoo.data.synthesize`), checkpoints of real architectures saved in OpenMMLab's layout and naming and
 served from a loopback HTTP server (so download, sha256 check and weights-only loading are the real
 ones), a manifest table generated from the real one, `run_rows` (mmpose inference, rescoring, OKS-NMS,
-per-part metrics), the gate, the JUnit file and the report. Only the weights are special: random
-backbones with a fitted final layer that draws the mean pose (`zoo.demo_model`, which explains why).
+per-part metrics), the gate, the JUnit file and the report. Only the weights and the figures are
+special: the weights draw the mean pose in every box (`zoo.demo_model`, which explains how) and the
+figures stand close to one pose (zoo/demo.yaml), so every published metric gets a real, non-zero value.
 
 The demo's expected values are data, recorded from a reference run with `zoo demo --record` into
 `zoo/demo_expected.yaml`, together with a digest of `zoo/demo.yaml`, so they are never computed by the
 run that checks them and a changed demo cannot be checked against stale values. `--perturb` shrinks
 one convolution of one checkpoint (a new file with its own hash), and the gate must report FAIL.
 
-The output folder is built next to its destination and swapped in when complete; it holds the
-generated manifests, the result records, `check.txt`, `junit.xml` and the report, ready to commit.
+The output folder (default runs/demo/, untracked) is built next to its destination and swapped in when
+complete; it holds the generated manifests, the result records, `check.txt`, `junit.xml` and the
+report. The bulky work (data, checkpoints, download cache) happens in a per-run folder under the
+system temp dir whose lock the run holds; a run killed before it could clean up leaves it behind, and
+the next run removes it (`clean_stale_work`).
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import os
 import shutil
 import sys
@@ -30,7 +35,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from zoo.errors import InputError, ZooError
 from zoo.fileio import read_yaml
@@ -39,9 +44,12 @@ from zoo.manifest import METRICS, Metrics
 SPEC_FILE = Path(__file__).resolve().with_name("demo.yaml")
 EXPECTED_FILE = Path(__file__).resolve().with_name("demo_expected.yaml")
 MARKER = ".zoo-demo"  # an output folder holding this file may be replaced by the next demo
-DEFAULT_OUT = Path("reports/demo")
-DEFAULT_PERTURBED_OUT = Path("reports/demo-perturbed")  # keeps the committed reports/demo intact
+# Untracked (/runs/ is git-ignored): a demo leaves the checkout as it was. The committed example under
+# reports/demo/ is refreshed only on request: `zoo demo --out reports/demo`.
+DEFAULT_OUT = Path("runs/demo")
+DEFAULT_PERTURBED_OUT = Path("runs/demo-perturbed")
 RECORD_DECIMALS = 4
+WORK_LOCK = ".lock"  # held by the run that owns a work folder, for as long as it runs
 
 
 class _Model(BaseModel):
@@ -56,6 +64,22 @@ class DemoRow(_Model):
 class DataSpec(_Model):
     images: int = Field(ge=1)
     seed: int = Field(ge=0)
+    synth: dict[str, float | int] = Field(default_factory=dict)  # zoo.data.SynthSpec fields to change
+
+    @field_validator("synth")
+    @classmethod
+    def _known_fields(cls, value: dict[str, float | int]) -> dict[str, float | int]:
+        from zoo.data import SynthSpec
+
+        unknown = sorted(set(value) - {f.name for f in dataclasses.fields(SynthSpec)})
+        if unknown:
+            raise ValueError(f"not a zoo.data.SynthSpec field: {', '.join(unknown)}")
+        return value
+
+    def synth_spec(self) -> Any:
+        from zoo.data import SynthSpec
+
+        return SynthSpec(**self.synth)
 
 
 class RowOverrides(_Model):
@@ -179,7 +203,10 @@ def build_checkpoints(
         train_paths = dataset_paths(registry.get(row.dataset), train_root)
         cfg = load_config(row, eval_paths, workers=0)
         train_cfg = load_config(row, train_paths, gt_boxes(train_paths.ann_file), workers=0)
-        state = mean_pose_state_dict(cfg, train_cfg, seed=demo_row.seed)
+        try:
+            state = mean_pose_state_dict(cfg, train_cfg, seed=demo_row.seed)
+        except ValueError as exc:  # an architecture the construction does not support
+            raise InputError(f"{SPEC_FILE}: rows: {row.id}: {exc}") from None
         if perturb and row.id == spec.perturb.row:
             name = spec.perturb.parameter
             if name not in state:
@@ -292,6 +319,85 @@ def staged_output(out: Path) -> Iterator[Path]:
         shutil.rmtree(stage, ignore_errors=True)
 
 
+# -- the work folder ------------------------------------------------------------------------------------
+
+
+def work_root() -> Path:
+    """The parent of every demo's work folder: one per user under the system temp dir ($TMPDIR)."""
+    user = os.getuid() if hasattr(os, "getuid") else os.environ.get("USERNAME", "user")
+    return Path(tempfile.gettempdir()) / f"zoo-demo-{user}"
+
+
+def _pid_alive(pid: int) -> bool:
+    """Whether process `pid` exists (a zombie counts). Only POSIX can ask cheaply; elsewhere every
+    owner counts as alive and its folder stays."""
+    if os.name != "posix":
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's live process
+        return True
+    return True
+
+
+def clean_stale_work(root: Path | None = None) -> list[Path]:
+    """Remove the work folders of demos that died without cleaning up (SIGKILL, out of memory); returns them.
+
+    A folder is `<pid>-<random>`; it is stale only when that process is gone and nobody holds its
+    lock. The lock, held for a run's whole life and released by the kernel when the process dies,
+    protects a live run whose pid looks dead from here (another PID namespace sharing the temp dir);
+    the pid check covers the instant between creating a folder and locking it. A reused pid only
+    delays the cleanup to a later start.
+    """
+    from filelock import FileLock, Timeout
+
+    root = work_root() if root is None else root
+    removed: list[Path] = []
+    if not root.is_dir():
+        return removed
+    for folder in sorted(root.iterdir()):
+        pid = folder.name.split("-", 1)[0]
+        if not folder.is_dir() or not pid.isdigit() or _pid_alive(int(pid)):
+            continue
+        lock = FileLock(folder / WORK_LOCK, timeout=0)
+        try:
+            lock.acquire()
+        except Timeout:
+            continue
+        try:
+            shutil.rmtree(folder, ignore_errors=True)
+            removed.append(folder)
+        finally:
+            lock.release()
+    return removed
+
+
+@contextlib.contextmanager
+def work_folder(root: Path | None = None) -> Iterator[Path]:
+    """A fresh, locked work folder under `root` (default `work_root()`), removed when the block ends.
+
+    Starting one first removes the stale folders of dead runs, so a killed demo costs disk space
+    only until the next demo starts.
+    """
+    from filelock import FileLock
+
+    root = work_root() if root is None else root
+    root.mkdir(mode=0o700, parents=True, exist_ok=True)
+    clean_stale_work(root)
+    path = Path(tempfile.mkdtemp(dir=root, prefix=f"{os.getpid()}-"))
+    lock = FileLock(path / WORK_LOCK)
+    lock.acquire()
+    try:
+        yield path
+    finally:
+        try:
+            shutil.rmtree(path, ignore_errors=True)
+        finally:
+            lock.release()
+
+
 def _run_rows(manifests: Any, opts: Any) -> dict[str, dict[str, Any]]:
     """Every row; a failing row leaves an error record (the gate reports ERROR)."""
     from zoo.evaluate import run_rows
@@ -322,7 +428,7 @@ def run_demo(
     out = Path(out) if out is not None else (DEFAULT_PERTURBED_OUT if perturb else DEFAULT_OUT)
 
     with contextlib.ExitStack() as stack:
-        work = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="zoo-demo-")))
+        work = stack.enter_context(work_folder())
         stage = work / "record" if record else stack.enter_context(staged_output(out))
         result = _pipeline(spec, recorded, src, work, stage, perturb, say)
         if record:
@@ -356,9 +462,18 @@ def _pipeline(
     real = load_manifests(src)
     dataset = load_registry(src).get(real.table(spec.table).dataset)
     say(f"demo: synthetic data ({spec.eval_data.images} images to evaluate, {spec.train_data.images} to fit)")
-    eval_root = synthesize(work / "data", n_images=spec.eval_data.images, seed=spec.eval_data.seed).root
+    eval_root = synthesize(
+        work / "data",
+        n_images=spec.eval_data.images,
+        seed=spec.eval_data.seed,
+        spec=spec.eval_data.synth_spec(),
+    ).root
     train_root = synthesize(
-        work / "train", n_images=spec.train_data.images, seed=spec.train_data.seed, write_images=False
+        work / "train",
+        n_images=spec.train_data.images,
+        seed=spec.train_data.seed,
+        write_images=False,
+        spec=spec.train_data.synth_spec(),
     ).root
     with LoopbackServer(work / "served") as server:
         say(

@@ -204,7 +204,8 @@ def register(sub: argparse._SubParsersAction) -> None:
         type=Path,
         default=None,
         metavar="DIR",
-        help="output folder (default reports/demo/, reports/demo-perturbed/ with --perturb)",
+        help="output folder (default runs/demo/, runs/demo-perturbed/ with --perturb: untracked; "
+        "--out reports/demo refreshes the committed example)",
     )
     p.add_argument("--perturb", action="store_true", help="shrink one conv weight of one checkpoint")
     p.add_argument(

@@ -51,6 +51,13 @@ class SynthSpec:
     det_dup_prob: float = 0.1  # a second, lower-scored box on the same person
     fp_per_image: float = 1.0  # Poisson mean of false positives; ~19 gives the real file's 104k boxes
     jpeg_quality: int = 90
+    # Added later: the marker lists them only when changed (_marker_spec): default sets stay as they were.
+    pose_variation: float = 1.0  # spread of every pose choice around the canonical pose (0: all alike)
+    det_jitter: float = 1.0  # scales the detections' box jitter (0: true persons' boxes exactly)
+
+
+_LATER_FIELDS = ("pose_variation", "det_jitter")
+_POSE_DRAWS = np.arange(14) != 11  # _figure's draws that shape the pose (11 is the colour)
 
 
 @dataclass(frozen=True)
@@ -147,9 +154,15 @@ def _hand(wrist: np.ndarray, elbow: np.ndarray, length: float, side: int, curl: 
     return np.stack([arr.real, arr.imag], axis=1)
 
 
-def _figure(rng: np.random.Generator, height: float, hip: np.ndarray) -> _Figure:
-    """A random person of about `height` pixels (head top to ankles) with mid-hip at `hip`."""
+def _figure(rng: np.random.Generator, height: float, hip: np.ndarray, variation: float = 1.0) -> _Figure:
+    """A random person of about `height` pixels (head top to ankles) with mid-hip at `hip`.
+
+    `variation` shrinks every pose choice towards the middle of its range (the canonical pose: arms
+    out, legs straight, upright); the same random draws are made whatever its value.
+    """
     u = rng.random(14)  # one draw for all shape choices: thousands of figures per full-size set
+    if variation != 1.0:
+        u[_POSE_DRAWS] = 0.5 + (u[_POSE_DRAWS] - 0.5) * variation
 
     def pick(i: int, lo: float, hi: float) -> float:
         return lo + (hi - lo) * float(u[i])
@@ -412,6 +425,7 @@ def _image(
                 rng,
                 ch * rng.uniform(0.6, 0.9),
                 np.array([cx0 + rng.uniform(0.05, 0.95) * cw, cy0 + ch * 0.62]),
+                spec.pose_variation,
             )
             if canvas is not None:
                 _draw(canvas, tiny)
@@ -419,7 +433,10 @@ def _image(
                 lo, hi = tiny.kpts.min(0), tiny.kpts.max(0)
                 box = [float(lo[0]), float(lo[1]), float(hi[0] - lo[0]), float(hi[1] - lo[1])]
                 dets.append(
-                    {"bbox": _jitter(box, rng, 0.08, w, h), "score": round(float(rng.uniform(0.1, 0.7)), 5)}
+                    {
+                        "bbox": _jitter(box, rng, 0.08 * spec.det_jitter, w, h),
+                        "score": round(float(rng.uniform(0.1, 0.7)), 5),
+                    }
                 )
         crowd = {"segmentation": _rect_rle(cx0, cy0, cx0 + cw, cy0 + ch, w, h), "num_keypoints": 0,
                  "area": float(cw * ch), "iscrowd": 1, **_zero_parts(), "image_id": image_id,
@@ -436,7 +453,7 @@ def _image(
     heights = np.sort(np.exp(rng.uniform(math.log(0.15 * h), math.log(1.0 * h), n)))  # small (far) first
     for height in heights:
         hip = np.array([rng.uniform(0.05, 0.95) * w, rng.uniform(-0.05, 0.45) * h + height * 0.55])
-        fig = _figure(rng, float(height), hip)
+        fig = _figure(rng, float(height), hip, spec.pose_variation)
         occluder = None
         if rng.random() < spec.occluder_prob:
             lo, hi = fig.kpts.min(0), fig.kpts.max(0)
@@ -457,10 +474,18 @@ def _image(
                      "category_id": 1, **ann})  # fmt: skip
         small = bbox[2] * bbox[3] < 32 * 32
         if rng.random() >= spec.det_miss_prob * (3 if small else 1):
-            dets.append({"bbox": _jitter(bbox, rng, 0.04, w, h), "score": round(float(rng.beta(8, 2)), 5)})
+            dets.append(
+                {
+                    "bbox": _jitter(bbox, rng, 0.04 * spec.det_jitter, w, h),
+                    "score": round(float(rng.beta(8, 2)), 5),
+                }
+            )
             if rng.random() < spec.det_dup_prob:
                 dets.append(
-                    {"bbox": _jitter(bbox, rng, 0.12, w, h), "score": round(float(rng.beta(3, 5)), 5)}
+                    {
+                        "bbox": _jitter(bbox, rng, 0.12 * spec.det_jitter, w, h),
+                        "score": round(float(rng.beta(3, 5)), 5),
+                    }
                 )
     for _ in range(int(rng.poisson(spec.fp_per_image))):
         bw, bh = w * rng.uniform(0.03, 0.5), h * rng.uniform(0.05, 0.7)
@@ -527,6 +552,12 @@ def synthesize(
                       n_detections=counts[1], images_written=write_images)  # fmt: skip
 
 
+def _marker_spec(spec: SynthSpec) -> dict:
+    """The spec as the marker records it: the later fields only where they differ from their default."""
+    defaults = SynthSpec()
+    return {k: v for k, v in asdict(spec).items() if k not in _LATER_FIELDS or v != getattr(defaults, k)}
+
+
 def _write(out: Path, n_images: int, seed: int, write_images: bool, spec: SynthSpec) -> tuple[int, int]:
     """Generate the set into `out`; returns (annotations, detections)."""
     id_rng = np.random.default_rng([seed, 2**31])
@@ -559,6 +590,6 @@ def _write(out: Path, n_images: int, seed: int, write_images: bool, spec: SynthS
     write_json(out / DET_FILE, detections)
     marker = {"generator": "zoo.data.synth", "format_version": 1, "seed": seed, "images": n_images,
               "annotations": len(annotations), "detections": len(detections), "images_written": write_images,
-              "spec": asdict(spec)}  # fmt: skip
+              "spec": _marker_spec(spec)}  # fmt: skip
     write_json(out / SYNTH_MARKER, marker)
     return len(annotations), len(detections)
