@@ -16,7 +16,6 @@ import pytest
 import yaml
 
 from zoo.cli import main
-from zoo.compare import measured_value
 from zoo.demo import (
     DEFAULT_OUT,
     DEFAULT_PERTURBED_OUT,
@@ -73,7 +72,7 @@ def test_demo_passes_with_real_numbers_and_perturbed_demo_fails_on_whole_ap(
     assert sorted(records) == sorted(r.id for r in spec.rows)
     for row_id, record in records.items():
         for key in METRICS:
-            value = measured_value(record, key)
+            value = record.metric(key)
             assert value is not None and value >= CLEARLY_NON_ZERO, (row_id, key, value)
     # the report shows every published column, with those numbers
     table = [line for line in (out / "coco-wholebody.md").read_text().splitlines() if "256x192" in line]
@@ -107,9 +106,9 @@ def test_demo_passes_with_real_numbers_and_perturbed_demo_fails_on_whole_ap(
     # it fails on Whole AP, by clearly more than the tolerance (and on every other part it moves)
     record = load_records(perturbed / "results")[spec.perturb.row]
     want = committed.rows[spec.perturb.row].expected
-    drop = want.get("whole.ap") - measured_value(record, "whole.ap")
+    drop = want.get("whole.ap") - record.metric("whole.ap")
     assert "whole.ap" in failing[0] and drop > 5 * spec.tolerance.abs, (drop, failing[0])
-    moved = [k for k in METRICS if abs(measured_value(record, k) - want.get(k)) > spec.tolerance.abs]
+    moved = [k for k in METRICS if abs(record.metric(k) - want.get(k)) > spec.tolerance.abs]
     assert all(k in failing[0] for k in moved)
     junit = ET.parse(perturbed / "junit.xml").getroot()
     assert junit.get("failures") == "1"

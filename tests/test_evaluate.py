@@ -52,18 +52,19 @@ def test_every_row_runs_end_to_end(row_id: str, local_zoo, data_roots, tmp_path:
     manifests = load_manifests(local_zoo(row_id))
     row = manifests.row(row_id)
     record = run_row(row, manifests, _opts(tmp_path, data_roots[row.dataset], subset=2))
-    assert record["status"] == "ok" and record["row_id"] == row_id
+    assert record.status == "ok" and record.row_id == row_id
     for part in ("body", "foot", "face", "lefthand", "righthand", "wholebody"):
-        assert set(record["metrics"][part]) == set(STATS)
-    assert set(record["metrics"]["hand"]) >= {"AP", "AR"}
-    assert record["inference"]["crops"] > 0
-    assert record["checkpoint"]["sha256"].startswith(row.checkpoint.sha256_prefix)
-    assert record["environment"]["packages"]["mmpose"]["version"] == "1.3.2"
-    assert {"model_build_s", "inference_s", "evaluation_s", "total_s"} <= set(record["timings"])
+        assert set(record.metrics[part]) == set(STATS)
+    assert set(record.metrics["hand"]) >= {"AP", "AR"}
+    assert record.inference["crops"] > 0 and record.subset == 2 and record.synthetic
+    assert record.checkpoint_sha256.startswith(row.checkpoint.sha256_prefix)
+    assert record.environment["packages"]["mmpose"]["version"] == "1.3.2"
+    assert record.environment["dirs"]["cache"] == str(tmp_path / "cache")  # the cache this run used
+    assert {"model_build_s", "inference_s", "evaluation_s", "total_s"} <= set(record.timings)
     on_disk = json.loads((tmp_path / "runs" / row_id / "result.json").read_text())
-    assert on_disk["fingerprint_digest"] == record["fingerprint_digest"]
+    assert on_disk == record.to_json() and on_disk["config"]["test_dataloader"]["batch_size"] == 32
     preds = json.loads(gzip.decompress((tmp_path / "runs" / row_id / "predictions.json.gz").read_bytes()))
-    assert len(preds) == record["counts"]["predictions"]
+    assert len(preds) == record.details["counts"]["predictions"]
     for p in preds:
         assert len(p["keypoints"]) == 51 and len(p["face_kpts"]) == 204 and len(p["lefthand_kpts"]) == 63
     assert len({p["image_id"] for p in preds}) <= 2
@@ -110,7 +111,7 @@ def test_matches_mmpose_runner(row_id: str, local_zoo, data_roots, tmp_path: Pat
     ours, _ = _fast_instances(cfg, state, build_dataset(cfg))
     assert len(ref) == len(ours) > 0
     _same_instances(ours, ref)
-    whole = record["metrics"]["wholebody"]
+    whole = record.metrics["wholebody"]
     assert whole["AP"] == ref_scores["coco-wholebody/AP"]
     assert whole["AR"] == ref_scores["coco-wholebody/AR"]
     assert whole["AP50"] == ref_scores["coco-wholebody/AP .5"]
@@ -127,10 +128,10 @@ def test_table_mode_equals_each_row_alone(local_zoo, data_roots, tmp_path: Path)
     table = run_rows(
         manifests.rows, manifests, _opts(tmp_path / "table", data_roots["coco-wholebody-v1.0-val"])
     )
-    by_id = {r["row_id"]: r for r in table}
-    assert set(by_id) == set(rows) and all(r["status"] == "ok" for r in table)
-    assert sorted(by_id["res50-256x192"]["inference"]["shared_pass"]) == sorted(rows[1:3])
-    assert by_id["cspnext-m-udp-256x192"]["inference"]["shared_pass"] == []  # UDP crops and GT boxes: its own
+    by_id = {r.row_id: r for r in table}
+    assert set(by_id) == set(rows) and all(r.status == "ok" for r in table)
+    assert sorted(by_id["res50-256x192"].inference["shared_pass"]) == sorted(rows[1:3])
+    assert by_id["cspnext-m-udp-256x192"].inference["shared_pass"] == []  # UDP crops and GT boxes: its own
     for row_id in rows:
         (alone,) = run_rows(
             [manifests.row(row_id)],
@@ -157,16 +158,16 @@ def test_resume_skips_finished_rows_and_reuses_predictions(local_zoo, data_roots
     record_file = tmp_path / "runs" / row.id / "result.json"
     stamp = record_file.stat().st_mtime_ns
     again = run_row(row, manifests, opts)
-    assert again["finished"] == first["finished"] and record_file.stat().st_mtime_ns == stamp  # skipped
+    assert again.details["finished"] == first.details["finished"] and record_file.stat().st_mtime_ns == stamp
     record_file.unlink()  # as if killed after the predictions were written
     resumed = run_row(row, manifests, opts)
-    assert resumed["resumed_from_predictions"] is True and resumed["inference"] is None
-    assert resumed["metrics"] == first["metrics"]
+    assert resumed.details["resumed_from_predictions"] is True and resumed.details["inference"] is None
+    assert resumed.metrics == first.metrics
     opts.force = True
     forced = run_row(row, manifests, opts)
-    assert forced["resumed_from_predictions"] is False and forced["metrics"] == first["metrics"]
+    assert forced.details["resumed_from_predictions"] is False and forced.metrics == first.metrics
     opts.force, opts.subset = False, 1  # a different fingerprint is not "finished"
-    assert run_row(row, manifests, opts)["fingerprint_digest"] != first["fingerprint_digest"]
+    assert run_row(row, manifests, opts).fingerprint_digest != first.fingerprint_digest
 
 
 def _assert_whole_files(runs: Path) -> None:
@@ -358,7 +359,7 @@ def test_reference_paths_give_identical_results(local_zoo, data_roots, tmp_path:
     row = manifests.row("hrnet-w32-dark-256x192")
     fast = run_row(row, manifests, _opts(tmp_path / "fast", data_roots[row.dataset]))
     ref = run_row(row, manifests, _opts(tmp_path / "ref", data_roots[row.dataset], reference=True))
-    assert ref["fingerprint"]["paths"] == "reference" and fast["fingerprint"]["paths"] == "fast"
-    assert ref["metrics"] == fast["metrics"]
+    assert ref.fingerprint["paths"] == "reference" and fast.fingerprint["paths"] == "fast"
+    assert ref.metrics == fast.metrics
     read = lambda d: (d / "runs" / row.id / "predictions.json.gz").read_bytes()  # noqa: E731
     assert read(tmp_path / "ref") == read(tmp_path / "fast")

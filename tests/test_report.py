@@ -10,7 +10,7 @@ from test_compare import R50, UBODY, W48, M, error_record, ok_record, skipped_re
 
 from zoo.cli import main
 from zoo.report import write_report
-from zoo.results import write_record
+from zoo.results import Record, write_record
 
 ENV = {
     "zoo": "0.1.0", "git_commit": "abc123", "python": "3.11.7", "platform": "Linux-x86_64",
@@ -19,7 +19,7 @@ ENV = {
 }  # fmt: skip
 
 
-def _records() -> dict[str, dict]:
+def _records() -> dict[str, Record]:
     return {
         R50.id: ok_record(R50, {"whole.ap": -0.0123, "hand.ar": 0.0004}, box_source="det", environment=ENV,
                           inference={"crops_per_s": 41.25, "device": "cuda"}, timings={"total_s": 60.0}),
@@ -55,7 +55,9 @@ def test_same_records_give_byte_identical_reports(tmp_path: Path) -> None:
         data = png.read_bytes()
         assert data.startswith(b"\x89PNG") and b"Software" not in data and b"Matplotlib" not in data
     other = _records()
-    other[R50.id]["metrics"]["wholebody"]["AP"] += 0.001  # one number changes: the report changes
+    changed = other[R50.id].to_json()
+    changed["metrics"]["wholebody"]["AP"] += 0.001  # one number changes: the report changes
+    other[R50.id] = Record.from_json(changed)
     write_report(M, other, tmp_path / "c")
     assert _digests(tmp_path / "c")["coco-wholebody.md"] != _digests(tmp_path / "a")["coco-wholebody.md"]
 
@@ -91,7 +93,11 @@ def test_report_content(tmp_path: Path) -> None:
         "FAIL",
     ] in cells
     assert ["res50-256x192", "ResNet-50", "Hand AR", "0.5840", "0.5844", "+0.0004", "±0.005", "PASS"] in cells
-    assert sum(c[0] == "res50-256x192" for c in cells) == 10 + 1  # ten metrics plus the row's line
+    assert (
+        sum(c[0] == "res50-256x192" for c in cells) == 10 + 2
+    )  # ten metrics, the row's line, its provenance
+    provenance = next(c for c in cells if c[0] == "res50-256x192" and c[1].startswith("9e37ed88"))
+    assert provenance[2] == "det" and provenance[4] == "full set" and provenance[5] == "—"
     assert not any(
         c[0] == "res152-256x192" and c[2] == "Whole AP" for c in cells
     )  # an ERROR row has no metrics

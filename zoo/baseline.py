@@ -24,10 +24,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from zoo.compare import measured_value
 from zoo.errors import InputError
 from zoo.manifest import METRICS, PARTS, Manifests, Row, load_manifests
-from zoo.results import write_atomic
+from zoo.provenance import Difference
+from zoo.results import Record, write_atomic
 
 DECIMALS = 4  # measured values are written with one digit more than the published tables
 _ROW_START = re.compile(r"^(?P<indent> *)- id: *(?P<id>[^\s#]+)")
@@ -41,7 +41,7 @@ class Accepted:
     diff: str
 
 
-def measured_expected(row: Row, record: Mapping[str, Any] | None) -> dict[str, dict[str, float]]:
+def measured_expected(row: Row, record: Record | None) -> dict[str, dict[str, float]]:
     """The row's published metrics with their measured values, `{part: {ap, ar}}` in manifest order.
 
     Only metrics the manifest publishes are taken (an unpublished part stays unpublished). InputError
@@ -49,15 +49,15 @@ def measured_expected(row: Row, record: Mapping[str, Any] | None) -> dict[str, d
     """
     if record is None:
         raise InputError(f"row {row.id}: no result record to accept")
-    if record.get("status") != "ok":
+    if record.status != "ok":
         raise InputError(
-            f"row {row.id}: its result has status {record.get('status')!r}; only an ok run can be accepted"
+            f"row {row.id}: its result has status {record.status!r}; only an ok run can be accepted"
         )
     out: dict[str, dict[str, float]] = {}
     for key in METRICS:
         if row.expected.get(key) is None:
             continue
-        value = measured_value(record, key)
+        value = record.metric(key)
         if value is None or not 0.0 <= value <= 1.0:  # also rejects NaN and COCO's -1 (undefined)
             raise InputError(f"row {row.id}: result record has no usable value for {key} ({value!r})")
         part, stat = key.split(".")
@@ -108,13 +108,24 @@ def _expected_block(values: Mapping[str, Mapping[str, float]], indent: int) -> l
     return lines
 
 
-def edit_row(text: str, row: Row, values: Mapping[str, Mapping[str, float]], path: Path) -> str:
-    """The manifest text with the row's `expected:` replaced by `values` and the old block kept as
-    `published:` (when the row has no `published:` yet)."""
+def edit_row(
+    text: str,
+    row: Row,
+    values: Mapping[str, Mapping[str, float]],
+    path: Path,
+    forced: Mapping[str, Any] | None = None,
+) -> str:
+    """The manifest text with the row's `expected:` replaced by `values`, the old block kept as
+    `published:` (when the row has no `published:` yet), and `forced_accept:` set to `forced` (the
+    reason and the differences a forced accept took on) or removed."""
     lines = text.splitlines(keepends=True)
     if lines and not lines[-1].endswith("\n"):
         lines[-1] += "\n"
     start, end, indent = _row_span(lines, row.id, path)
+    old_forced = _key_span(lines, start, end, indent, "forced_accept")
+    if old_forced is not None:
+        del lines[old_forced[0] : old_forced[1]]
+        end -= old_forced[1] - old_forced[0]
     expected = _key_span(lines, start, end, indent, "expected")
     if expected is None:
         raise InputError(f"{path}: row {row.id}: no 'expected:' key of its own to replace")
@@ -124,11 +135,30 @@ def edit_row(text: str, row: Row, values: Mapping[str, Mapping[str, float]], pat
     if _key_span(lines, start, end, indent, "published") is None:
         head = old[0].replace("expected:", "published:", 1)
         keep = [head, *old[1:]]
-    return "".join([*lines[:first], *_expected_block(values, indent), *keep, *lines[stop:]])
+    block = _expected_block(values, indent) + (_forced_block(forced, indent) if forced else [])
+    return "".join([*lines[:first], *block, *keep, *lines[stop:]])
+
+
+def _forced_block(forced: Mapping[str, Any], indent: int) -> list[str]:
+    """`forced_accept:` in flow style, one difference a line (yaml.safe_dump quotes what needs it)."""
+    import yaml
+
+    def flow(value: Any) -> str:
+        return yaml.safe_dump(value, default_flow_style=True, width=10**6).strip()
+
+    pad = " " * indent
+    lines = [f"{pad}forced_accept:  # zoo baseline accept --force\n", f"{pad}  reason: {flow(forced['reason'])}\n",
+             f"{pad}  differences:\n"]  # fmt: skip
+    lines += [f"{pad}    - {flow(d)}\n" for d in forced["differences"]]
+    return lines
 
 
 def _check_edit(
-    manifests: Manifests, path: Path, new_text: str, intended: Mapping[str, Mapping[str, Any]]
+    manifests: Manifests,
+    path: Path,
+    new_text: str,
+    intended: Mapping[str, Mapping[str, Any]],
+    forced: Mapping[str, Mapping[str, Any] | None],
 ) -> None:
     """Load the edited folder (a temporary copy) and require exactly the intended change."""
     with tempfile.TemporaryDirectory(prefix="zoo-accept-") as tmp:
@@ -142,6 +172,7 @@ def _check_edit(
         if before.id in intended:
             want["published"] = want["published"] or want["expected"]
             want["expected"] = {part: intended[before.id].get(part) for part in PARTS}
+            want["forced_accept"] = forced.get(before.id)
         if after != want:
             raise InputError(
                 f"{path}: row {before.id}: the edit did not give the intended manifest (not written)"
@@ -149,13 +180,41 @@ def _check_edit(
 
 
 def accept(
-    manifests: Manifests, row_ids: Sequence[str], records: Mapping[str, Mapping[str, Any]]
+    manifests: Manifests,
+    row_ids: Sequence[str],
+    records: Mapping[str, Record],
+    differences: Mapping[str, Sequence[Difference]] | None = None,
+    force_reason: str | None = None,
 ) -> list[Accepted]:
-    """Accept the measured values of `row_ids`; returns the diffs of the files it rewrote."""
+    """Accept the measured values of `row_ids`; returns the diffs of the files it rewrote.
+
+    A record that did not measure exactly the row (`differences`, from `zoo.provenance`) is refused,
+    unless `force_reason` is given: then the differences and the reason are written into the row
+    (`forced_accept`), where the gate and every reader of the manifest see them."""
     rows = [manifests.row(rid) for rid in dict.fromkeys(row_ids)]
     if not rows:
         raise InputError("zoo baseline accept: give at least one ROW id")
+    if force_reason is not None and not force_reason.strip():
+        raise InputError("--force: give the reason, e.g. --force 'CI smoke baseline from --subset 100 runs'")
     values = {row.id: measured_expected(row, records.get(row.id)) for row in rows}  # all or nothing
+    forced: dict[str, dict[str, Any] | None] = {}
+    for row in rows:
+        blocking = [d for d in (differences or {}).get(row.id, ()) if d.blocking]
+        if blocking and force_reason is None:
+            raise InputError(
+                f"row {row.id}: its record measured something else ("
+                + "; ".join(d.describe() for d in blocking)
+                + "); refusing to make it the baseline (--force REASON accepts it and writes why into the manifest)"
+            )
+        taken = [
+            d
+            for d in (differences or {}).get(row.id, ())
+            if d.blocking or d.why_not_blocking.startswith("accepted")
+        ]
+        forced[row.id] = (
+            {"reason": force_reason.strip(), "differences": [dict(zip(("field", "record", "manifest"), d.key(), strict=True)) for d in taken]}
+            if force_reason is not None and taken else None
+        )  # fmt: skip
     edits: list[tuple[Path, str, str]] = []
     for table in manifests.tables:
         mine = [row for row in rows if row.table == table.id]
@@ -165,8 +224,8 @@ def accept(
         old_text = path.read_text(encoding="utf-8")
         text = old_text
         for row in mine:
-            text = edit_row(text, row, values[row.id], path)
-        _check_edit(manifests, path, text, {row.id: values[row.id] for row in mine})
+            text = edit_row(text, row, values[row.id], path, forced[row.id])
+        _check_edit(manifests, path, text, {row.id: values[row.id] for row in mine}, forced)
         edits.append((path, old_text, text))
     out: list[Accepted] = []
     for path, old_text, text in edits:  # written only once every file's edit has been checked

@@ -8,33 +8,36 @@ an exit code. Status words are a closed set:
     FAIL      a metric below its tolerance (a regression), or missing / not finite / undefined
     IMPROVED  a metric above a two-sided tolerance (reported; a failure only under --strict, so a
               baseline moves only when someone accepts it: `zoo baseline accept`)
+    STALE     the record did not measure what the row requires now (another checkpoint, config, box
+              source, data, a subset: `zoo.provenance`); each differing field is named with both values.
+              Always a failure: its numbers say nothing about the row
     MISSING   no result record for the row
     ERROR     the run failed; the record says why
     SKIPPED   the run was not attempted because data is not available; the record says what is missing
 
 Metrics the manifest leaves unpublished (None, e.g. the per-part numbers of the UBody2D row) are not
-compared. Record metric names map to manifest keys as `body.ap` <-> metrics['body']['AP'],
-`whole.*` <-> metrics['wholebody'], `hand.*` <-> metrics['hand'] (the mean of both hands).
+compared. Manifest keys are read with `Record.metric` (`whole.ap` is metrics['wholebody']['AP'],
+`hand.*` the mean of both hands).
 """
 
 from __future__ import annotations
 
 import math
 import shlex
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Literal
 
 from zoo.manifest import METRICS, Band, Row
+from zoo.provenance import Difference
+from zoo.results import Record
 
-Status = Literal["PASS", "FAIL", "IMPROVED", "MISSING", "ERROR", "SKIPPED"]
+Status = Literal["PASS", "FAIL", "IMPROVED", "STALE", "MISSING", "ERROR", "SKIPPED"]
 MetricStatus = Literal["PASS", "FAIL", "IMPROVED"]
-STATUSES: tuple[Status, ...] = ("PASS", "FAIL", "IMPROVED", "MISSING", "ERROR", "SKIPPED")
+STATUSES: tuple[Status, ...] = ("PASS", "FAIL", "IMPROVED", "STALE", "MISSING", "ERROR", "SKIPPED")
 
 # Float noise guard for values that sit exactly on a tolerance edge (0.661 + 0.005 is 0.66600000000000004).
 _EPS = 1e-9
-_RECORD_PART = {"body": "body", "foot": "foot", "face": "face", "hand": "hand", "whole": "wholebody"}
-_RECORD_STAT = {"ap": "AP", "ar": "AR"}
 
 
 @dataclass(frozen=True)
@@ -72,14 +75,24 @@ class RowCheck:
     status: Status
     metrics: tuple[MetricCheck, ...] = ()
     reason: str = ""  # for ERROR / SKIPPED / MISSING: what the record (or its absence) says
+    differences: tuple[Difference, ...] = ()  # where the record did not measure what the row requires
 
     @property
     def off_metrics(self) -> tuple[MetricCheck, ...]:
         """The metrics outside their tolerance (FAIL or IMPROVED), in manifest order."""
         return tuple(m for m in self.metrics if m.status != "PASS")
 
+    @property
+    def notes(self) -> tuple[Difference, ...]:
+        """Differences that do not block (an unverified third-party checksum): shown, not failed."""
+        return tuple(d for d in self.differences if not d.blocking)
+
     def detail(self) -> str:
         """What explains the status, on one line (empty for PASS)."""
+        if self.status == "STALE":
+            return "measured something else: " + "; ".join(
+                d.describe() for d in self.differences if d.blocking
+            )
         if self.status in ("FAIL", "IMPROVED"):
             return "; ".join(m.describe() for m in self.off_metrics)
         return self.reason
@@ -95,7 +108,7 @@ class Comparison:
 
     def is_failure(self, check: RowCheck) -> bool:
         """Whether this row makes the gate fail under the comparison's policy."""
-        if check.status in ("FAIL", "ERROR"):
+        if check.status in ("FAIL", "ERROR", "STALE"):
             return True
         if check.status == "IMPROVED":
             return self.strict
@@ -116,21 +129,6 @@ class Comparison:
         return {s: sum(r.status == s for r in self.rows) for s in STATUSES}
 
 
-def measured_value(record: Mapping[str, Any], key: str) -> float | None:
-    """The record's value for a manifest metric key, or None when the record does not have it."""
-    part, stat = key.split(".")
-    metrics = record.get("metrics")
-    if not isinstance(metrics, Mapping):
-        return None
-    values = metrics.get(_RECORD_PART[part])
-    if not isinstance(values, Mapping):
-        return None
-    value = values.get(_RECORD_STAT[stat])
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        return None
-    return float(value)
-
-
 def check_metric(key: str, expected: float, measured: float | None, band: Band) -> MetricCheck:
     """PASS / FAIL / IMPROVED for one metric (a value that cannot be compared is a FAIL)."""
     if measured is None:
@@ -149,40 +147,41 @@ def check_metric(key: str, expected: float, measured: float | None, band: Band) 
     return MetricCheck(key, expected, measured, band, "PASS")
 
 
-def check_row(row: Row, record: Mapping[str, Any] | None) -> RowCheck:
-    """The verdict on one row given its result record (None when there is none)."""
+def check_row(row: Row, record: Record | None, differences: Sequence[Difference] = ()) -> RowCheck:
+    """The verdict on one row given its result record (None when there is none) and where that
+    record did not measure what the row requires (`zoo.provenance.differences`)."""
     base = {"row_id": row.id, "table": row.table, "name": row.name}
     if record is None:
         return RowCheck(**base, status="MISSING", reason="no result record")
-    status = record.get("status")
-    if status == "error":
-        return RowCheck(
-            **base, status="ERROR", reason=f"run failed: {record.get('error') or 'no reason recorded'}"
-        )
-    if status == "skipped":
-        return RowCheck(
-            **base, status="SKIPPED", reason=f"not run: {record.get('reason') or 'no reason recorded'}"
-        )
+    if record.status == "error":
+        return RowCheck(**base, status="ERROR", reason=f"run failed: {record.reason or 'no reason recorded'}")
+    if record.status == "skipped":
+        return RowCheck(**base, status="SKIPPED", reason=f"not run: {record.reason or 'no reason recorded'}")
     checks = tuple(
-        check_metric(key, expected, measured_value(record, key), row.tolerance.for_metric(key))
+        check_metric(key, expected, record.metric(key), row.tolerance.for_metric(key))
         for key in METRICS
         if (expected := row.expected.get(key)) is not None
     )
     verdicts = {c.status for c in checks}
     row_status: Status = "FAIL" if "FAIL" in verdicts else "IMPROVED" if "IMPROVED" in verdicts else "PASS"
-    return RowCheck(**base, status=row_status, metrics=checks)
+    if any(d.blocking for d in differences):
+        row_status = "STALE"
+    return RowCheck(**base, status=row_status, metrics=checks, differences=tuple(differences))
 
 
 def compare(
     rows: Iterable[Row],
-    records: Mapping[str, Mapping[str, Any]],
+    records: Mapping[str, Record],
     *,
     strict: bool = False,
     allow_missing: bool = False,
+    differences: Mapping[str, Sequence[Difference]] | None = None,
 ) -> Comparison:
-    """Check every given row (in the given order) against its record in `records` (row id -> record)."""
+    """Check every given row (in the given order) against its record in `records` (row id -> record)
+    and `differences` (row id -> where its record measured something else; see `zoo.provenance`)."""
+    differences = differences or {}
     return Comparison(
-        rows=tuple(check_row(row, records.get(row.id)) for row in rows),
+        rows=tuple(check_row(row, records.get(row.id), differences.get(row.id, ())) for row in rows),
         strict=strict,
         allow_missing=allow_missing,
     )

@@ -244,20 +244,19 @@ def write_demo_manifests(
     return dst
 
 
-def recorded_values(spec: DemoSpec, records: dict[str, dict[str, Any]]) -> Recorded:
+def recorded_values(spec: DemoSpec, records: dict[str, Any]) -> Recorded:
     """The expected file's content from a reference run's records (all rows must have run)."""
-    from zoo.compare import measured_value
     from zoo.env import collect_env
 
     rows: dict[str, RecordedRow] = {}
     for demo_row in spec.rows:
         record = records.get(demo_row.id)
-        if record is None or record.get("status") != "ok":
-            why = "no record" if record is None else record.get("error") or record.get("status")
+        if record is None or record.status != "ok":
+            why = "no record" if record is None else record.reason or record.status
             raise ZooError(f"demo row {demo_row.id} did not run ({why}); nothing recorded")
         parts: dict[str, dict[str, float]] = {}
         for key in METRICS:
-            value = measured_value(record, key)
+            value = record.metric(key)
             if value is not None and 0.0 <= value <= 1.0:  # -1: the part has no ground truth; unpublished
                 part, stat = key.split(".")
                 parts.setdefault(part, {})[stat] = round(value, RECORD_DECIMALS)
@@ -265,7 +264,7 @@ def recorded_values(spec: DemoSpec, records: dict[str, dict[str, Any]]) -> Recor
         if "whole" not in complete:
             raise ZooError(f"demo row {demo_row.id}: no Whole AP/AR to record")
         rows[demo_row.id] = RecordedRow(
-            checkpoint_sha256=record["checkpoint"]["sha256"], expected=Metrics.model_validate(complete)
+            checkpoint_sha256=record.checkpoint_sha256, expected=Metrics.model_validate(complete)
         )
     env = collect_env()
     packages = env.get("packages", {})
@@ -504,17 +503,21 @@ def _gate_and_report(
 ) -> tuple[list[str], int, list[Path]]:
     from zoo.compare import compare, render_lines, render_summary
     from zoo.junit import write_junit
+    from zoo.provenance import all_differences
     from zoo.report import write_report
     from zoo.results import write_atomic
 
     manifests, records = result.manifests, result.records
-    comparison = compare(manifests.rows, records)
+    differences = all_differences(manifests.rows, records, manifests)
+    comparison = compare(manifests.rows, records, differences=differences)
     write_junit(stage / "junit.xml", comparison, records)
-    reports = [out / p.relative_to(stage) for p in write_report(manifests, records, stage)]
+    reports = [
+        out / p.relative_to(stage) for p in write_report(manifests, records, stage, differences=differences)
+    ]
     lines = [*render_lines(comparison), render_summary(comparison)]
     write_atomic(stage / "check.txt", ("\n".join(lines) + "\n").encode("utf-8"))
     for row_id, record in records.items():
-        sha = (record.get("checkpoint") or {}).get("sha256")
+        sha = record.checkpoint_sha256
         want = recorded.rows[row_id].checkpoint_sha256
         if sha and sha != want and not (perturb and row_id == spec.perturb.row):
             lines.append(

@@ -102,8 +102,9 @@ def git_commit(path: Path | None = None) -> str | None:
     return sha + ("+dirty" if dirty else "")
 
 
-def collect_env() -> dict[str, Any]:
-    """A JSON-serialisable snapshot of everything that can change a measured number."""
+def collect_env(cache: Path | None = None) -> dict[str, Any]:
+    """A JSON-serialisable snapshot of everything that can change a measured number; `cache` is the
+    checkpoint cache a run really used (default: the one the environment points at)."""
     from zoo import __version__, compat
 
     compat_error = None
@@ -125,7 +126,7 @@ def collect_env() -> dict[str, Any]:
     except Exception as exc:
         env["device"] = {"error": f"{type(exc).__name__}: {exc}".splitlines()[0]}
     env["dirs"] = {
-        "cache": str(_cache_dir()),
+        "cache": str(cache if cache is not None else _cache_dir()),
         "data_root": os.environ.get("ZOO_DATA_ROOT"),
     }
     return env

@@ -29,6 +29,7 @@ from zoo.errors import InputError, ZooError
 from zoo.inference import Numerics
 from zoo.manifest import Row
 from zoo.metrics import Instances
+from zoo.results import Record
 
 log = logging.getLogger(__name__)
 
@@ -425,7 +426,7 @@ def _prepare(row: Row, manifests: Any, opts: RunOptions, device: str) -> _Prepar
     ckpt = fetch.fetch_row(row, lock=lock, cache=opts.cache, offline=opts.offline)
     cfg = load_config(row, paths, boxes, batch_size=opts.batch_size, workers=opts.workers)
     numerics = Numerics.for_config(cfg, device, cuda_graphs=opts.cuda_graphs)
-    data_fp = results.data_fingerprint(paths.ann_file, paths.img_dir, boxes.bbox_file)
+    data_fp = results.data_fingerprint(paths.ann_file, paths.img_dir, boxes.bbox_file, paths.root)
     fp = {
         "row": row.model_dump(mode="json", include=_FINGERPRINT_FIELDS),
         "config_sha256": config_digest(cfg),
@@ -441,7 +442,7 @@ def _prepare(row: Row, manifests: Any, opts: RunOptions, device: str) -> _Prepar
 
 def run_rows(
     rows: Sequence[Row], manifests: Any, opts: RunOptions, say: Callable[[str], None] = log.info
-) -> list[dict[str, Any] | None]:
+) -> list[Record | None]:
     """Evaluate `rows`, one record per row (None on non-zero ranks of a distributed run), in order.
 
     One rule for failures: anything wrong with one row (its checkpoint, data, model, an image that
@@ -452,7 +453,7 @@ def run_rows(
     from zoo import results
 
     device = resolve_device(opts.device)
-    out: dict[str, dict[str, Any] | None] = {}
+    out: dict[str, Record | None] = {}
     ready: list[_Prepared] = []
     for row in rows:
         try:
@@ -479,17 +480,15 @@ def run_rows(
     return [out.get(row.id) for row in rows]
 
 
-def run_row(row: Row, manifests: Any, opts: RunOptions) -> dict[str, Any] | None:
+def run_row(row: Row, manifests: Any, opts: RunOptions) -> Record | None:
     """One row (see `run_rows`); a failure raises instead of becoming a record."""
-    from zoo import results
-
     record = run_rows([row], manifests, opts)[0]
-    if record is not None and record["status"] == "error":
-        raise ZooError(record["error"])
-    return record if record is None else results.read_record(opts.out / row.id / results.RECORD)
+    if record is not None and record.status == "error":
+        raise ZooError(record.reason)
+    return record
 
 
-def _failed(opts: RunOptions, row: Row, exc: ZooError, say: Callable[[str], None]) -> dict[str, Any]:
+def _failed(opts: RunOptions, row: Row, exc: ZooError, say: Callable[[str], None]) -> Record:
     say(f"{row.id}: ERROR: {exc}")
     return write_error_record(opts, row, str(exc))
 
@@ -506,7 +505,7 @@ def _run_group(
             for prepared in sorted(group, key=lambda p: p.row.id):
                 locks.enter_context(results.row_lock(opts.out, prepared.row.id, opts.argv, say))
         # another process may have finished a row while this one waited for its lock
-        records: dict[str, dict | None] = {}
+        records: dict[str, Record | None] = {}
         todo = []
         for prepared in group:
             done = None if opts.force else results.finished_record(opts.out, prepared.row.id, prepared.digest)
@@ -669,9 +668,8 @@ def _finish(
     facts: dict[str, Any],
     subset_images: set[int] | None,
     opts: RunOptions,
-) -> dict[str, Any]:
+) -> Record:
     """Predictions (written first), metrics and the record of one row, on rank 0."""
-    import json
     from datetime import datetime, timezone
 
     from zoo import metrics, results
@@ -696,50 +694,38 @@ def _finish(
     scores = metrics.evaluate(preds, ann, use_area=row.use_area, reference=opts.reference)
     prepared.timings["evaluation_s"] = time.perf_counter() - t
     prepared.timings["total_s"] = time.perf_counter() - prepared.t0
-    record = {
-        "row_id": row.id,
-        "table": row.table,
-        "name": row.name,
-        "status": "ok",
-        "fingerprint": prepared.fingerprint,
-        "fingerprint_digest": prepared.digest,
-        "config": measured_config(prepared.cfg),
-        "checkpoint": {"url": row.checkpoint.url, "sha256": prepared.checkpoint.sha256},
-        "box_source": prepared.boxes.source,
-        "use_area": row.use_area,
-        "metrics": scores,
-        "counts": {
+    record = Record.ok(
+        row, scores, prepared.fingerprint, prepared.digest,
+        config=measured_config(prepared.cfg),
+        checkpoint={"url": row.checkpoint.url, "sha256": prepared.checkpoint.sha256},
+        box_source=prepared.boxes.source,
+        use_area=row.use_area,
+        counts={
             "instances": facts.get("crops"),
             "predictions": len(preds),
             "images_with_predictions": len(set(preds.image_id.tolist())),
         },
-        "inference": None if resumed else facts,
-        "resumed_from_predictions": resumed,
-        "timings": prepared.timings,
-        "environment": collect_env(),
-        "command": opts.argv,
-        "started": prepared.started,
-        "finished": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-    }
-    results.write_record(opts.out, json.loads(json.dumps(record, default=str)))
+        inference=None if resumed else facts,
+        resumed_from_predictions=resumed,
+        timings=prepared.timings,
+        environment=collect_env(cache=opts.cache),
+        command=opts.argv,
+        started=prepared.started,
+        finished=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    )  # fmt: skip
+    results.write_record(opts.out, record)
     return record
 
 
-def write_error_record(opts: RunOptions, row: Row, message: str) -> dict[str, Any]:
+def write_error_record(opts: RunOptions, row: Row, message: str) -> Record:
     """A failed row leaves a record that says why, so the gate reports ERROR instead of MISSING."""
     from datetime import datetime, timezone
 
     from zoo import results
 
-    record = {
-        "row_id": row.id,
-        "table": row.table,
-        "name": row.name,
-        "status": "error",
-        "error": message,
-        "command": opts.argv,
-        "finished": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-    }
+    record = Record.error(
+        row, message, command=opts.argv, finished=datetime.now(timezone.utc).isoformat(timespec="seconds")
+    )
     results.write_record(opts.out, record)
     return record
 

@@ -12,15 +12,13 @@ from __future__ import annotations
 import xml.etree.ElementTree as ET
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
 
 from zoo.compare import Comparison, RowCheck
-from zoo.results import write_atomic
+from zoo.results import Record, write_atomic
 
 
-def _seconds(record: Mapping[str, Any] | None) -> str:
-    timings = (record or {}).get("timings") or {}
-    total = timings.get("total_s")
+def _seconds(record: Record | None) -> str:
+    total = record.timings.get("total_s") if record is not None else None
     return f"{float(total):.3f}" if isinstance(total, int | float) else "0.000"
 
 
@@ -29,9 +27,7 @@ def _body(check: RowCheck) -> str:
     return "\n".join(f"{m.status:<8}  {m.describe()}" for m in check.metrics) or check.reason
 
 
-def _testcase(
-    suite: ET.Element, comparison: Comparison, check: RowCheck, record: Mapping[str, Any] | None
-) -> str:
+def _testcase(suite: ET.Element, comparison: Comparison, check: RowCheck, record: Record | None) -> str:
     """Append the row's testcase; returns its JUnit outcome: passed, failure, error or skipped."""
     case = ET.SubElement(
         suite, "testcase", {"classname": f"zoo.{check.table}", "name": check.row_id, "time": _seconds(record)}
@@ -50,7 +46,7 @@ def _testcase(
     return "passed"
 
 
-def junit_xml(comparison: Comparison, records: Mapping[str, Mapping[str, Any]]) -> bytes:
+def junit_xml(comparison: Comparison, records: Mapping[str, Record]) -> bytes:
     """The JUnit document for a comparison; `records` (row id -> record) supply the per-row times."""
     root = ET.Element("testsuites", {"name": "zoo check"})
     totals = {"tests": 0, "failures": 0, "errors": 0, "skipped": 0}
@@ -71,7 +67,7 @@ def junit_xml(comparison: Comparison, records: Mapping[str, Mapping[str, Any]]) 
     return ET.tostring(root, encoding="utf-8", xml_declaration=True) + b"\n"
 
 
-def write_junit(path: Path, comparison: Comparison, records: Mapping[str, Mapping[str, Any]]) -> Path:
+def write_junit(path: Path, comparison: Comparison, records: Mapping[str, Record]) -> Path:
     """Write the JUnit file atomically (a CI step never reads half of it)."""
     write_atomic(Path(path), junit_xml(comparison, records))
     return Path(path)

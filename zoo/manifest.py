@@ -214,6 +214,22 @@ class AcknowledgedDrift(_Model):
     why: str = Field(min_length=1)
 
 
+class AcceptedDifference(_Model):
+    """A field where the record a baseline was forced from measured something else (both values)."""
+
+    field: str = Field(min_length=1)
+    record: str | float | bool | None
+    manifest: str | float | bool | None
+
+
+class ForcedAccept(_Model):
+    """Why `expected` came from a record that did not measure exactly this row (`zoo baseline accept
+    --force REASON`): the gate then accepts records with exactly these differences, and no others."""
+
+    reason: str = Field(min_length=1)
+    differences: list[AcceptedDifference] = Field(min_length=1)
+
+
 class Row(_Model):
     """One line of a published table: what to run, where to get it, and what it should score."""
 
@@ -232,6 +248,7 @@ class Row(_Model):
     use_area: bool
     expected: Metrics
     published: Metrics | None = None  # set when `expected` was re-baselined; the published values
+    forced_accept: ForcedAccept | None = None  # set by `zoo baseline accept --force`
     tolerance: Tolerance
     notes: list[str] = []
     acknowledged_drift: list[AcknowledgedDrift] = []

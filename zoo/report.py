@@ -25,7 +25,8 @@ from tabulate import tabulate
 
 from zoo.compare import Comparison, compare, render_summary
 from zoo.manifest import METRICS, Manifests, Row, Table
-from zoo.results import write_atomic
+from zoo.provenance import Difference
+from zoo.results import Record, write_atomic
 from zoo.tables import render_section
 
 _LABELS = {
@@ -65,16 +66,12 @@ def _fmt(value: float | None, digits: int = 4, sign: bool = False) -> str:
     return f"{value:+.{digits}f}" if sign else f"{value:.{digits}f}"
 
 
-def measured_values(
-    rows: Sequence[Row], records: Mapping[str, Mapping[str, Any]]
-) -> dict[str, dict[str, float | None]]:
+def measured_values(rows: Sequence[Row], records: Mapping[str, Record]) -> dict[str, dict[str, float | None]]:
     """Measured values in `render_table`'s shape; rows without an ok record are left out (shown n/a)."""
-    from zoo.compare import measured_value
-
     return {
-        row.id: {key: measured_value(rec, key) for key in METRICS}
+        row.id: {key: rec.metric(key) for key in METRICS}
         for row in rows
-        if (rec := records.get(row.id)) is not None and rec.get("status") == "ok"
+        if (rec := records.get(row.id)) is not None and rec.status == "ok"
     }
 
 
@@ -99,27 +96,55 @@ def metric_frame(comparison: Comparison) -> pd.DataFrame:
     return pd.DataFrame(lines, columns=columns)
 
 
-def _throughput(record: Mapping[str, Any] | None) -> float | None:
-    inference = (record or {}).get("inference") or {}
-    value = inference.get("crops_per_s")
-    return float(value) if isinstance(value, int | float) and math.isfinite(value) else None
-
-
-def _rows_table(rows: Sequence[Row], comparison: Comparison, records: Mapping[str, Mapping[str, Any]]) -> str:
+def _provenance_table(rows: Sequence[Row], comparison: Comparison, records: Mapping[str, Record]) -> str:
+    """Per row: the checkpoint's sha256 prefix, box source, data fingerprint and subset its record
+    measured, whether the data was synthetic, and what differs from the manifest row."""
     checks = {c.row_id: c for c in comparison.rows}
     lines = []
     for row in rows:
-        check, rec = checks[row.id], records.get(row.id) or {}
+        rec = records.get(row.id)
+        if rec is None or rec.status != "ok":
+            continue
+        data = rec.fingerprint.get("data") or {}
+        sha = rec.checkpoint_sha256 or ""
+        marks = [
+            m
+            for m, on in (("synthetic data", rec.synthetic), (f"subset of {rec.subset} images", rec.subset))
+            if on
+        ]
+        differs = "; ".join(d.describe() for d in checks[row.id].differences) or "—"
+        lines.append([
+            row.id, sha[:12] or "n/a", rec.box_source or "n/a",
+            f"ann {str(data.get('ann_sha256') or '')[:12]}, {data.get('images', '?')} images"
+            + (f", det {str(data.get('det_sha256'))[:12]}" if data.get("det_sha256") else ""),
+            ", ".join(marks) or "full set", differs.replace("|", "\\|"),
+        ])  # fmt: skip
+    headers = ["Row", "Checkpoint sha256", "Boxes", "Data", "Run", "Differs from the manifest row"]
+    if not lines:
+        return "No successful run to describe."
+    return tabulate(lines, headers=headers, tablefmt="github", disable_numparse=True)
+
+
+def _throughput(record: Record | None) -> float | None:
+    value = record.inference.get("crops_per_s") if record is not None else None
+    return float(value) if isinstance(value, int | float) and math.isfinite(value) else None
+
+
+def _rows_table(rows: Sequence[Row], comparison: Comparison, records: Mapping[str, Record]) -> str:
+    checks = {c.row_id: c for c in comparison.rows}
+    lines = []
+    for row in rows:
+        check, rec = checks[row.id], records.get(row.id)
         speed = _throughput(rec)
-        device = ((rec.get("inference") or {}).get("device")) or ""
-        if speed is None and rec.get("resumed_from_predictions"):
+        device = (rec.inference.get("device") if rec is not None else "") or ""
+        if speed is None and rec is not None and rec.details.get("resumed_from_predictions"):
             device = "resumed from saved predictions"
         lines.append(
             [
                 row.id,
                 row.name,
                 row.input_size_text,
-                rec.get("box_source") or row.boxes,
+                (rec.box_source if rec is not None else None) or row.boxes,
                 check.status,
                 "n/a" if speed is None else f"{speed:.2f}",
                 device,
@@ -168,12 +193,12 @@ def _flat_env(env: Mapping[str, Any]) -> dict[str, str]:
     return out
 
 
-def _environment_table(rows: Sequence[Row], records: Mapping[str, Mapping[str, Any]]) -> str:
+def _environment_table(rows: Sequence[Row], records: Mapping[str, Record]) -> str:
     """One column per distinct environment, headed by the rows measured in it."""
     envs: dict[tuple[tuple[str, str], ...], list[str]] = {}
     for row in rows:
-        env = (records.get(row.id) or {}).get("environment")
-        if isinstance(env, Mapping):
+        env = records[row.id].environment if row.id in records else None
+        if env:
             envs.setdefault(tuple(_flat_env(env).items()), []).append(row.id)
     if not envs:
         return "No result record carries an environment."
@@ -237,17 +262,15 @@ def plot_deltas(frame: pd.DataFrame, rows: Sequence[Row], path: Path) -> None:
         _save_png(fig, path)
 
 
-def plot_speed(rows: Sequence[Row], records: Mapping[str, Mapping[str, Any]], path: Path) -> None:
+def plot_speed(rows: Sequence[Row], records: Mapping[str, Record], path: Path) -> None:
     """Measured Whole AP (dots) against inference throughput, with the expected value (x) above or below."""
     from matplotlib.figure import Figure
-
-    from zoo.compare import measured_value
 
     points = []
     for row in rows:
         rec = records.get(row.id)
         speed = _throughput(rec)
-        ap = measured_value(rec, "whole.ap") if rec and rec.get("status") == "ok" else None
+        ap = rec.metric("whole.ap") if rec is not None and rec.status == "ok" else None
         if speed is not None and ap is not None and math.isfinite(ap):
             points.append((row, speed, ap, row.expected.get("whole.ap")))
     with _plot_style():
@@ -279,10 +302,15 @@ def plot_speed(rows: Sequence[Row], records: Mapping[str, Mapping[str, Any]], pa
 
 
 def render_report(
-    table: Table, rows: Sequence[Row], records: Mapping[str, Mapping[str, Any]], figures: Mapping[str, str]
+    table: Table,
+    rows: Sequence[Row],
+    records: Mapping[str, Record],
+    figures: Mapping[str, str],
+    differences: Mapping[str, Sequence[Difference]] | None = None,
 ) -> str:
-    """The markdown of one table's report; `figures` maps 'delta'/'speed' to the PNGs' relative links."""
-    comparison = compare(rows, records)
+    """The markdown of one table's report; `figures` maps 'delta'/'speed' to the PNGs' relative links;
+    `differences` (`zoo.provenance.all_differences`) make records that measured something else STALE."""
+    comparison = compare(rows, records, differences=differences)
     frame = metric_frame(comparison)
     with_records = sum(row.id in records for row in rows)
     parts = [
@@ -296,6 +324,9 @@ def render_report(
         render_section(table, measured_values(rows, records)),
         "## Reproduction\n",
         _rows_table(rows, comparison, records) + "\n",
+        "What each record measured (checkpoint sha256, box source, data, subset); STALE rows measured "
+        "something other than the row requires now:\n",
+        _provenance_table(rows, comparison, records) + "\n",
         "Every published metric (Δ = measured − expected; the tolerance is absolute, `±` two-sided, "
         "`-` only a drop counts):\n",
         (_metrics_table(frame, rows) if len(frame) else "No metric could be compared.") + "\n",
@@ -310,9 +341,10 @@ def render_report(
 
 def write_report(
     manifests: Manifests,
-    records: Mapping[str, Mapping[str, Any]],
+    records: Mapping[str, Record],
     out: Path,
     rows: Sequence[Row] | None = None,
+    differences: Mapping[str, Sequence[Difference]] | None = None,
 ) -> list[Path]:
     """Write `<out>/<table>.md` and its two PNGs for every table with a selected row; returns the paths.
 
@@ -325,10 +357,10 @@ def write_report(
         if not mine:
             continue
         figures = {"delta": f"{table.id}-delta.png", "speed": f"{table.id}-speed.png"}
-        comparison = compare(mine, records)
+        comparison = compare(mine, records, differences=differences)
         plot_deltas(metric_frame(comparison), mine, out / figures["delta"])
         plot_speed(mine, records, out / figures["speed"])
         page = out / f"{table.id}.md"
-        write_atomic(page, render_report(table, mine, records, figures).encode("utf-8"))
+        write_atomic(page, render_report(table, mine, records, figures, differences).encode("utf-8"))
         written += [page, out / figures["delta"], out / figures["speed"]]
     return written

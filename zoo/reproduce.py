@@ -22,6 +22,7 @@ from zoo.compare import Comparison, compare
 from zoo.errors import InputError, ZooError
 from zoo.evaluate import RunOptions
 from zoo.manifest import Manifests, Row
+from zoo.results import Record
 
 log = logging.getLogger(__name__)
 _MAX_REASONS = 3  # findings quoted in a skipped record's reason (all of them are in `missing`)
@@ -41,45 +42,20 @@ class ReproduceOptions:
 @dataclass
 class ReproduceResult:
     comparison: Comparison
-    records: dict[str, dict[str, Any]]
+    records: dict[str, Record]
     reports: list[Path]
     junit: Path | None
     seconds: float
 
 
-def data_problems(dataset: Any, data_root: Path | None) -> list[str]:
-    """Why `dataset` cannot be evaluated under `data_root` (empty when `zoo data verify` passes).
-
-    A `--data-root` that does not exist at all is bad input and raises; a dataset missing under an
-    existing root, or a default root that was never prepared, is a reason to skip its rows.
-    """
-    from zoo.data import verify
-    from zoo.evaluate import locate_data
-
-    paths = locate_data(dataset, data_root)
-    if not paths.root.is_dir():
-        return [
-            f"{paths.root}: data root of {dataset.id} does not exist (run `zoo data prepare {dataset.id}`)"
-        ]
-    report = verify(dataset, paths.root)
-    return [f.message for f in report.findings if f.level == "error"]
-
-
-def skipped_record(row: Row, problems: Sequence[str], argv: Sequence[str]) -> dict[str, Any]:
+def skipped_record(row: Row, problems: Sequence[str], argv: Sequence[str]) -> Record:
     shown = "; ".join(problems[:_MAX_REASONS]) + (
         f"; and {len(problems) - _MAX_REASONS} more" if len(problems) > _MAX_REASONS else ""
     )
-    return {
-        "row_id": row.id,
-        "table": row.table,
-        "name": row.name,
-        "status": "skipped",
-        "dataset": row.dataset,
-        "reason": f"dataset {row.dataset} not available: {shown}",
-        "missing": list(problems),
-        "command": list(argv),
-        "finished": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-    }
+    return Record.skipped(
+        row, f"dataset {row.dataset} not available: {shown}", problems,
+        dataset=row.dataset, command=list(argv), finished=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    )  # fmt: skip
 
 
 def reproduce(
@@ -89,51 +65,58 @@ def reproduce(
     say: Callable[[str], None] = log.info,
 ) -> ReproduceResult:
     """The whole reproduction of `rows`; the caller turns `result.comparison` into an exit code."""
-    from zoo import fetch, results
-    from zoo.data import load_registry
+    from zoo import fetch, preflight, results
     from zoo.evaluate import run_rows, write_error_record
     from zoo.junit import write_junit
+    from zoo.provenance import all_differences
     from zoo.report import write_report
 
     started = time.perf_counter()
-    run_opts = opts.run
+    run_opts = opts.run  # settled by the caller (zoo.preflight.settle)
     if run_opts.data_root is not None and not Path(run_opts.data_root).is_dir():
         raise InputError(f"--data-root {run_opts.data_root}: no such folder")  # before any download
+    preflight.check_outputs(
+        [
+            ("--out", run_opts.out, True),
+            ("--report-dir", opts.report_dir, True),
+            ("--junit", opts.junit, False),
+        ]
+    )
+    say(f"[check] {len(rows)} rows: data and checkpoints")
+    problems: dict[str, list[preflight.RowProblem]] = {}
+    for problem in preflight.row_problems(rows, manifests, run_opts):
+        problems.setdefault(problem.row_id, []).append(problem)
     lock = fetch.ChecksumLock(manifests.dir / "checkpoints.lock")
-    runnable: list[Row] = []
+    available: list[Row] = []
     for i, row in enumerate(rows, 1):
+        mine = problems.get(row.id, [])
+        data = [p for p in mine if p.kind == "data"]
+        if data:  # nothing to run it on: not a failure of the row, a missing input (SKIPPED)
+            results.write_record(run_opts.out, skipped_record(row, data[0].details, run_opts.argv))
+            say(f"  SKIPPED {row.id}: {data[0].message}")
+            continue
+        if mine:
+            write_error_record(run_opts, row, f"checkpoint not available: {mine[0].message}")
+            say(f"  ERROR {row.id}: {mine[0].message}")
+            continue
         say(f"[fetch {i}/{len(rows)}] {row.id}")
         try:
             fetch.fetch_row(row, lock=lock, cache=run_opts.cache, offline=run_opts.offline)
-        except InputError:
-            raise
         except ZooError as exc:
             write_error_record(run_opts, row, f"fetch failed: {exc}")
             say(f"  ERROR {row.id}: {exc}")
             continue
-        runnable.append(row)
-
-    registry = load_registry(manifests.dir)
-    problems = {}
-    for dataset_id in dict.fromkeys(row.dataset for row in runnable):
-        say(f"[verify] {dataset_id}")
-        problems[dataset_id] = data_problems(registry.get(dataset_id), run_opts.data_root)
-        for line in problems[dataset_id]:
-            say(f"  {line}")
-    available = []
-    for row in runnable:
-        if problems[row.dataset]:
-            results.write_record(run_opts.out, skipped_record(row, problems[row.dataset], run_opts.argv))
-            say(f"[run] {row.id}: SKIPPED (dataset {row.dataset} not available)")
-        else:
-            available.append(row)
+        available.append(row)
     say(f"[run] {len(available)} rows")
     run_rows(available, manifests, run_opts, say=lambda text: say(f"  {text}"))
 
     records = results.load_records(run_opts.out)
-    comparison = compare(rows, records, strict=opts.strict, allow_missing=opts.allow_missing)
+    differences = all_differences(rows, records, manifests)
+    comparison = compare(
+        rows, records, strict=opts.strict, allow_missing=opts.allow_missing, differences=differences
+    )
     junit = write_junit(opts.junit, comparison, records) if opts.junit else None
-    reports = write_report(manifests, records, opts.report_dir, rows)
+    reports = write_report(manifests, records, opts.report_dir, rows, differences)
     return ReproduceResult(comparison, records, reports, junit, time.perf_counter() - started)
 
 
@@ -151,8 +134,8 @@ def summary_table(result: ReproduceResult) -> str:
 
     lines = []
     for check in result.comparison.rows:
-        timings = (result.records.get(check.row_id) or {}).get("timings") or {}
-        seconds = timings.get("total_s")
+        record = result.records.get(check.row_id)
+        seconds = record.timings.get("total_s") if record is not None else None
         lines.append(
             [
                 check.row_id,

@@ -25,8 +25,9 @@ import shutil
 import socket
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 
@@ -35,7 +36,7 @@ from zoo.fileio import sha256_file, write_atomic
 
 log = logging.getLogger(__name__)
 
-SCHEMA = 1
+SCHEMA = 2  # 2: the measured config, numerics and steady boxes/s; Record's closed statuses
 RECORD = "result.json"
 PREDICTIONS = "predictions.json.gz"
 PREDICTIONS_DONE = "predictions.done.json"
@@ -48,15 +49,21 @@ def canonical_digest(obj: Any) -> str:
     ).hexdigest()
 
 
-def data_fingerprint(ann_file: Path, img_dir: Path, det_file: Path | None) -> dict[str, Any]:
+def data_fingerprint(
+    ann_file: Path, img_dir: Path, det_file: Path | None, root: Path | None = None
+) -> dict[str, Any]:
     """What identifies the evaluation data without reading every image: annotation and box files by
-    content, the image folder by its listing (names and sizes)."""
+    content, the image folder by its listing (names and sizes), and whether the root is a synthetic
+    set of `zoo data synth` (its marker file)."""
+    from zoo.data.paths import SYNTH_MARKER
+
     listing = sorted((p.name, p.stat().st_size) for p in img_dir.iterdir()) if img_dir.is_dir() else []
     return {
         "ann_sha256": sha256_file(ann_file),
         "det_sha256": sha256_file(det_file) if det_file is not None else None,
         "images_digest": canonical_digest(listing),
         "images": len(listing),
+        "synthetic": root is not None and (Path(root) / SYNTH_MARKER).is_file(),
     }
 
 
@@ -74,9 +81,9 @@ VOLATILE = (
 )
 
 
-def comparable(record: Mapping[str, Any]) -> dict[str, Any]:
-    """The record without its `VOLATILE` fields."""
-    out = json.loads(json.dumps(record, default=str))
+def comparable(record: Record | Mapping[str, Any]) -> dict[str, Any]:
+    """The record's JSON without its `VOLATILE` fields."""
+    out = _plain(record.to_json() if isinstance(record, Record) else record)
     for path in VOLATILE:
         parent = out
         for key in path[:-1]:
@@ -122,27 +129,173 @@ def complete_predictions(out: Path, row_id: str, fingerprint: str) -> Path | Non
     return path
 
 
-def read_record(path: Path) -> dict[str, Any]:
+Status = Literal["ok", "error", "skipped"]
+_STATUSES = ("ok", "error", "skipped")
+_PART_KEYS = {"body": "body", "foot": "foot", "face": "face", "hand": "hand", "whole": "wholebody"}
+_STAT_KEYS = {"ap": "AP", "ar": "AR"}
+
+
+@dataclass(frozen=True)
+class Record:
+    """One row's result: what `zoo run` writes as `<out>/<row>/result.json` and what the gate, the
+    reports, `zoo baseline accept`, `zoo diff` and the demo read.
+
+    The status is a closed set: `ok` (measured: `metrics`, `fingerprint`), `error` (the run failed:
+    `reason` says why) or `skipped` (not run, its data missing: `reason` and `missing`). Everything
+    else a run records (environment, timings, inference facts, counts, config, command, clocks) is in
+    `details`, read through the properties below. `to_json`/`from_json` are the file format (schema
+    `SCHEMA`); `from_json` checks every field it relies on and names the file and field when one is
+    wrong.
+    """
+
+    row_id: str
+    table: str
+    name: str
+    status: Status
+    metrics: Mapping[str, Mapping[str, float]] = field(default_factory=dict)
+    fingerprint: Mapping[str, Any] = field(default_factory=dict)
+    fingerprint_digest: str = ""
+    reason: str = ""
+    missing: tuple[str, ...] = ()
+    details: Mapping[str, Any] = field(default_factory=dict)
+
+    # constructors --------------------------------------------------------------------------------
+
+    @classmethod
+    def ok(
+        cls, row: Any, metrics: Mapping[str, Mapping[str, float]], fingerprint: Mapping[str, Any], digest: str,
+        **details: Any,
+    ) -> Record:  # fmt: skip
+        return cls(row.id, row.table, row.name, "ok", _plain(metrics), _plain(fingerprint), digest,
+                   details=_plain(details))  # fmt: skip
+
+    @classmethod
+    def error(cls, row: Any, reason: str, **details: Any) -> Record:
+        return cls(row.id, row.table, row.name, "error", reason=reason, details=_plain(details))
+
+    @classmethod
+    def skipped(cls, row: Any, reason: str, missing: Sequence[str], **details: Any) -> Record:
+        return cls(row.id, row.table, row.name, "skipped", reason=reason, missing=tuple(missing),
+                   details=_plain(details))  # fmt: skip
+
+    # reading -------------------------------------------------------------------------------------
+
+    def metric(self, key: str) -> float | None:
+        """A manifest metric key (`whole.ap`, `hand.ar`, ...) of an ok record; None when absent."""
+        part, _, stat = key.partition(".")
+        values = self.metrics.get(_PART_KEYS.get(part, part), {})
+        value = values.get(_STAT_KEYS.get(stat, stat)) if isinstance(values, Mapping) else None
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            return None
+        return float(value)
+
+    @property
+    def checkpoint_sha256(self) -> str | None:
+        return (self.details.get("checkpoint") or {}).get("sha256") or self.fingerprint.get(
+            "checkpoint_sha256"
+        )
+
+    @property
+    def box_source(self) -> str | None:
+        return self.details.get("box_source") or self.fingerprint.get("boxes")
+
+    @property
+    def subset(self) -> int | None:
+        return self.fingerprint.get("subset")
+
+    @property
+    def timings(self) -> Mapping[str, float]:
+        return self.details.get("timings") or {}
+
+    @property
+    def inference(self) -> Mapping[str, Any]:
+        return self.details.get("inference") or {}
+
+    @property
+    def environment(self) -> Mapping[str, Any]:
+        return self.details.get("environment") or {}
+
+    @property
+    def synthetic(self) -> bool:
+        """Whether the record measured the harness's own synthetic data (`zoo data synth`)."""
+        return bool((self.fingerprint.get("data") or {}).get("synthetic"))
+
+    # the file format -----------------------------------------------------------------------------
+
+    def to_json(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"schema": SCHEMA, "row_id": self.row_id, "table": self.table, "name": self.name,
+                               "status": self.status}  # fmt: skip
+        if self.status == "ok":
+            out.update(metrics=_plain(self.metrics), fingerprint=_plain(self.fingerprint),
+                       fingerprint_digest=self.fingerprint_digest)  # fmt: skip
+        elif self.status == "error":
+            out["error"] = self.reason
+        else:
+            out.update(reason=self.reason, missing=list(self.missing))
+        out.update(_plain(self.details))
+        return out
+
+    @classmethod
+    def from_json(cls, data: Any, source: str = "<record>") -> Record:
+        """A record from its JSON; InputError naming `source` and the field for anything malformed."""
+        if not isinstance(data, dict):
+            raise InputError(f"{source}: a result record must be a JSON object")
+        for key in ("schema", "row_id", "status"):
+            if key not in data:
+                raise InputError(f"{source}: result record lacks field '{key}'")
+        if data["schema"] != SCHEMA:
+            raise InputError(
+                f"{source}: field 'schema' is {data['schema']!r}, this zoo reads {SCHEMA} (rerun the row to refresh it)"
+            )
+        status = data["status"]
+        if status not in _STATUSES:
+            raise InputError(f"{source}: field 'status' is {status!r} (ok, error or skipped)")
+        for key in ("row_id", "table", "name"):
+            if not isinstance(data.get(key, ""), str):
+                raise InputError(f"{source}: field '{key}' must be a string")
+        core = {"schema", "row_id", "table", "name", "status", "metrics", "fingerprint", "fingerprint_digest",
+                "error", "reason", "missing"}  # fmt: skip
+        details = {k: v for k, v in data.items() if k not in core}
+        base = {"row_id": data["row_id"], "table": data.get("table", ""), "name": data.get("name", "")}
+        if status == "ok":
+            metrics, fingerprint = data.get("metrics"), data.get("fingerprint")
+            if not isinstance(metrics, dict) or not all(isinstance(v, dict) for v in metrics.values()):
+                raise InputError(f"{source}: field 'metrics' must map parts to their stats")
+            if not isinstance(fingerprint, dict):
+                raise InputError(f"{source}: field 'fingerprint' must be an object")
+            digest = data.get("fingerprint_digest")
+            if not isinstance(digest, str):
+                raise InputError(f"{source}: field 'fingerprint_digest' must be a string")
+            return cls(**base, status="ok", metrics=metrics, fingerprint=fingerprint, fingerprint_digest=digest,
+                       details=details)  # fmt: skip
+        reason = data.get("error" if status == "error" else "reason") or ""
+        if not isinstance(reason, str):
+            raise InputError(
+                f"{source}: field '{'error' if status == 'error' else 'reason'}' must be a string"
+            )
+        missing = data.get("missing") or []
+        if not isinstance(missing, list):
+            raise InputError(f"{source}: field 'missing' must be a list")
+        return cls(**base, status=status, reason=reason, missing=tuple(map(str, missing)), details=details)
+
+
+def _plain(obj: Any) -> Any:
+    """JSON's own types (numpy scalars, paths, tuples become numbers, strings, lists)."""
+    return json.loads(json.dumps(obj, default=str))
+
+
+def read_record(path: Path) -> Record:
     """One record; a malformed one is bad input naming the file and field."""
     try:
-        record = json.loads(path.read_text())
+        data = json.loads(Path(path).read_text())
     except OSError as exc:
         raise InputError(f"{path}: cannot read result record ({exc.strerror})") from exc
     except ValueError as exc:
         raise InputError(f"{path}: not valid JSON ({exc})") from exc
-    if not isinstance(record, dict):
-        raise InputError(f"{path}: a result record must be a JSON object")
-    for key in ("schema", "row_id", "status"):
-        if key not in record:
-            raise InputError(f"{path}: result record lacks field '{key}'")
-    if record["schema"] != SCHEMA:
-        raise InputError(f"{path}: field 'schema' is {record['schema']!r}, this zoo reads {SCHEMA}")
-    if record["status"] not in ("ok", "error", "skipped"):
-        raise InputError(f"{path}: field 'status' is {record['status']!r} (ok, error or skipped)")
-    return record
+    return Record.from_json(data, str(path))
 
 
-def finished_record(out: Path, row_id: str, fingerprint: str) -> dict[str, Any] | None:
+def finished_record(out: Path, row_id: str, fingerprint: str) -> Record | None:
     """The row's successful record for exactly this fingerprint (resume), else None."""
     path = row_dir(out, row_id) / RECORD
     if not path.is_file():
@@ -151,25 +304,25 @@ def finished_record(out: Path, row_id: str, fingerprint: str) -> dict[str, Any] 
         record = read_record(path)
     except InputError:
         return None
-    if record["status"] == "ok" and record.get("fingerprint_digest") == fingerprint:
+    if record.status == "ok" and record.fingerprint_digest == fingerprint:
         return record
     return None
 
 
-def write_record(out: Path, record: Mapping[str, Any]) -> Path:
-    path = row_dir(out, record["row_id"]) / RECORD
-    write_json(path, {"schema": SCHEMA, **record})
+def write_record(out: Path, record: Record) -> Path:
+    path = row_dir(out, record.row_id) / RECORD
+    write_json(path, record.to_json())
     return path
 
 
-def load_records(results: Path) -> dict[str, dict[str, Any]]:
+def load_records(results: Path) -> dict[str, Record]:
     """Every row record under a results folder, keyed by row id."""
     if not results.is_dir():
         raise InputError(f"{results}: results folder not found")
-    records: dict[str, dict[str, Any]] = {}
+    records: dict[str, Record] = {}
     for path in sorted(results.glob(f"*/{RECORD}")):
         record = read_record(path)
-        records[record["row_id"]] = record
+        records[record.row_id] = record
     return records
 
 

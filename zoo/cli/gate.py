@@ -42,10 +42,13 @@ def _check(args: argparse.Namespace) -> int:
     from zoo.compare import compare
     from zoo.junit import write_junit
     from zoo.manifest import load_manifests
+    from zoo.preflight import check_outputs
+    from zoo.provenance import all_differences
     from zoo.results import load_records
 
     manifests = load_manifests(args.manifests)
     rows = _rows(manifests, args.rows, args.table)
+    check_outputs([("--junit", args.junit, False)])
     records = load_records(args.results)
     if not args.rows and not args.table:
         known = {row.id for row in manifests.rows}
@@ -55,7 +58,10 @@ def _check(args: argparse.Namespace) -> int:
                 f"zoo: note: records for rows not in the manifests (ignored): {', '.join(unknown)}",
                 file=sys.stderr,
             )
-    comparison = compare(rows, records, strict=args.strict, allow_missing=args.allow_missing)
+    differences = all_differences(rows, records, manifests)
+    comparison = compare(
+        rows, records, strict=args.strict, allow_missing=args.allow_missing, differences=differences
+    )
     _print_gate(comparison, args.results, args.manifests)
     if args.junit:
         write_junit(args.junit, comparison, records)
@@ -65,10 +71,14 @@ def _check(args: argparse.Namespace) -> int:
 def _accept(args: argparse.Namespace) -> int:
     from zoo.baseline import accept
     from zoo.manifest import load_manifests
+    from zoo.provenance import all_differences
     from zoo.results import load_records
 
     manifests = load_manifests(args.manifests)
-    for change in accept(manifests, args.rows, load_records(args.results)):
+    records = load_records(args.results)
+    rows = [manifests.row(rid) for rid in dict.fromkeys(args.rows)]
+    differences = all_differences(rows, records, manifests)
+    for change in accept(manifests, args.rows, records, differences, force_reason=args.force):
         sys.stdout.write(change.diff)
         print(f"updated {change.path} (published values kept under 'published:'); review and commit the diff")
     return 0
@@ -76,17 +86,22 @@ def _accept(args: argparse.Namespace) -> int:
 
 def _report(args: argparse.Namespace) -> int:
     from zoo.manifest import load_manifests
+    from zoo.preflight import check_outputs
+    from zoo.provenance import all_differences
     from zoo.report import write_report
     from zoo.results import load_records
 
     manifests = load_manifests(args.manifests)
     rows = _rows(manifests, args.rows, args.table)
-    for path in write_report(manifests, load_records(args.results), args.out, rows):
+    check_outputs([("--out", args.out, True)])
+    records = load_records(args.results)
+    for path in write_report(manifests, records, args.out, rows, all_differences(rows, records, manifests)):
         print(path)
     return 0
 
 
 def _reproduce(args: argparse.Namespace) -> int:
+    from zoo import preflight
     from zoo.manifest import load_manifests
     from zoo.reproduce import ReproduceOptions, reproduce, summary_table
 
@@ -94,7 +109,7 @@ def _reproduce(args: argparse.Namespace) -> int:
     manifests = load_manifests(args.manifests)
     rows = _rows(manifests, args.rows, args.table)
     opts = ReproduceOptions(
-        run=run_options(args),
+        run=preflight.settle(run_options(args)),
         report_dir=args.report_dir,
         junit=args.junit,
         strict=args.strict,
@@ -144,8 +159,9 @@ def register(sub: argparse._SubParsersAction) -> None:
         "check",
         help="compare result records with the manifests (the CI gate)",
         description="One line per row: PASS, FAIL (below tolerance), IMPROVED (above; fails with --strict), "
-        "MISSING (no record), ERROR (the run failed) or SKIPPED (data not available). Exit 0 when the gate "
-        "passes, 1 when it fails, 2 on bad input.",
+        "STALE (the record measured another checkpoint, config, box source, data or a subset: each differing "
+        "field is named), MISSING (no record), ERROR (the run failed) or SKIPPED (data not available). Exit 0 "
+        "when the gate passes, 1 when it fails, 2 on bad input.",
     )
     add_common(p)
     _add_selection(p)
@@ -165,6 +181,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     add_common(p)
     p.add_argument("rows", nargs="+", metavar="ROW", help="row ids whose measured values become the baseline")
     p.add_argument("--results", type=Path, required=True, metavar="DIR", help="results folder of `zoo run`")
+    p.add_argument(
+        "--force", metavar="REASON", default=None,
+        help="accept a record that measured something else (STALE: another checkpoint, config, data, a "
+        "subset); the differences and REASON are written into the row as forced_accept",
+    )  # fmt: skip
     p.set_defaults(handler=_accept)
 
     p = sub.add_parser(

@@ -37,23 +37,26 @@ def select_rows(manifests, ids: list[str], all_rows: bool, table: str | None, sh
 
 
 def _run(args: argparse.Namespace) -> int:
+    from zoo import preflight
     from zoo.evaluate import run_rows
     from zoo.manifest import load_manifests
 
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
     manifests = load_manifests(args.manifests)
     rows = select_rows(manifests, args.rows, args.all, args.table, args.shard)
-    opts = run_options(args)
+    opts = preflight.settle(run_options(args))
+    preflight.check_outputs([("--out", opts.out, True)])
+    preflight.refuse(preflight.row_problems(rows, manifests, opts))  # exit 2 in seconds, before any model
     records = run_rows(rows, manifests, opts, say=lambda text: print(text, file=sys.stderr, flush=True))
     failed = 0
     for row, record in zip(rows, records, strict=True):
         if record is None:  # a non-zero rank of a distributed run
             continue
-        if record["status"] != "ok":
+        if record.status != "ok":
             failed += 1
             continue
-        whole = record["metrics"]["wholebody"]
-        print(f"{row.id}\tWhole AP {whole['AP']:.4f}\tAR {whole['AR']:.4f}\t{opts.out / row.id}", flush=True)
+        ap, ar = record.metric("whole.ap"), record.metric("whole.ar")
+        print(f"{row.id}\tWhole AP {ap:.4f}\tAR {ar:.4f}\t{opts.out / row.id}", flush=True)
     return 1 if failed else 0
 
 
