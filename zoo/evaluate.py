@@ -18,7 +18,7 @@ import os
 import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -452,6 +452,22 @@ def run_rows(
     """
     from zoo import results
 
+    sources = [s for s in (opts.boxes or "").split(",") if s]
+    if len(sources) > 1:  # the rows' own box sources, then each listed other source beside them
+        own = run_rows(rows, manifests, replace(opts, boxes=None), say)
+        for source in dict.fromkeys(sources):
+            others = [row for row in rows if row.boxes != source]
+            if others:
+                say(
+                    f"box source {source}: {len(others)} rows, records in {results.box_variant_dir(opts.out, source)}"
+                )
+                run_rows(
+                    others,
+                    manifests,
+                    replace(opts, boxes=source, out=results.box_variant_dir(opts.out, source)),
+                    say,
+                )
+        return own
     device = resolve_device(opts.device)
     out: dict[str, Record | None] = {}
     ready: list[_Prepared] = []
@@ -674,6 +690,7 @@ def _finish(
 
     from zoo import metrics, results
     from zoo.env import collect_env
+    from zoo.keypoints import keypoint_stats
 
     row, resumed = prepared.row, instances is None
     if resumed:
@@ -693,6 +710,9 @@ def _finish(
     )
     scores = metrics.evaluate(preds, ann, use_area=row.use_area, reference=opts.reference)
     prepared.timings["evaluation_s"] = time.perf_counter() - t
+    t = time.perf_counter()
+    per_keypoint = keypoint_stats(preds, ann, use_area=row.use_area).to_json()  # a regression's where
+    prepared.timings["per_keypoint_s"] = time.perf_counter() - t
     prepared.timings["total_s"] = time.perf_counter() - prepared.t0
     record = Record.ok(
         row, scores, prepared.fingerprint, prepared.digest,
@@ -706,6 +726,7 @@ def _finish(
             "images_with_predictions": len(set(preds.image_id.tolist())),
         },
         inference=None if resumed else facts,
+        per_keypoint=per_keypoint,
         resumed_from_predictions=resumed,
         timings=prepared.timings,
         environment=collect_env(cache=opts.cache),

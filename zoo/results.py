@@ -315,6 +315,29 @@ def write_record(out: Path, record: Record) -> Path:
     return path
 
 
+BOX_VARIANTS = "boxes"  # <out>/boxes/<source>/<row>/: a row run with another box source than its own
+
+
+def box_variant_dir(out: Path, source: str) -> Path:
+    """Where records of rows run with `source` instead of their own box source go (`zoo run --boxes
+    det,gt`): beside the row's own record, never in its place, so the gate judges the row's own."""
+    import re
+
+    slug = re.sub(r"[^A-Za-z0-9._-]+", "-", source).strip("-")
+    if len(slug) > 40 or slug != source:
+        slug = f"{slug[:32]}-{hashlib.sha256(source.encode()).hexdigest()[:8]}"
+    return Path(out) / BOX_VARIANTS / slug
+
+
+def load_box_variants(results: Path) -> dict[str, dict[str, Record]]:
+    """Row id -> box source -> record, of every row run with other box sources (`box_variant_dir`)."""
+    out: dict[str, dict[str, Record]] = {}
+    for path in sorted(Path(results).glob(f"{BOX_VARIANTS}/*/*/{RECORD}")):
+        record = read_record(path)
+        out.setdefault(record.row_id, {})[record.box_source or path.parent.parent.name] = record
+    return out
+
+
 def load_records(results: Path) -> dict[str, Record]:
     """Every row record under a results folder, keyed by row id."""
     if not results.is_dir():

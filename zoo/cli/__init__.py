@@ -88,7 +88,9 @@ def add_run_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--boxes",
         default=None,
-        help="det | det:<file> | gt | mmdet:<config>:<checkpoint> (default: the row's source)",
+        help="det | det:<file> | gt | mmdet:<config>:<checkpoint> (default: the row's source); several, "
+        "comma-separated (det,gt): the row's own source and each listed other, whose records go to "
+        "<out>/boxes/<source>/ for the report's box-source comparison",
     )
     parser.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N (default auto)")
     parser.add_argument(
