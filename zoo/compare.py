@@ -26,6 +26,7 @@ import math
 import shlex
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Literal
 
 from zoo.manifest import METRICS, Band, Row
@@ -208,6 +209,32 @@ def render_summary(comparison: Comparison) -> str:
     if comparison.passed:
         return f"gate: PASS ({total} rows): {counts}"
     return f"gate: FAIL ({len(comparison.failures)} of {total} rows fail): {counts}"
+
+
+def summary_table(comparison: Comparison, records: Mapping[str, Record], results_dir: Path) -> str:
+    """The end-of-run table of `zoo run` and `zoo reproduce`: per row its verdict, Whole AP and AR
+    (expected, measured, Δ), the run's minutes and where its record is."""
+    from tabulate import tabulate
+
+    def cells(check: RowCheck, key: str) -> list[str]:
+        m = next((m for m in check.metrics if m.key == key), None)
+        if m is None:
+            return ["", "", ""]
+        got = "n/a" if m.measured is None else f"{m.measured:.4f}"
+        delta = "" if m.delta is None else f"{m.delta:+.4f}"
+        return [f"{m.expected:.3f}", got, delta]
+
+    lines = []
+    for check in comparison.rows:
+        record = records.get(check.row_id)
+        seconds = record.timings.get("total_s") if record is not None else None
+        lines.append([
+            check.row_id, check.status, *cells(check, "whole.ap"), *cells(check, "whole.ar"),
+            "" if seconds is None else f"{seconds / 60:.1f}",
+            str(Path(results_dir) / check.row_id / "result.json") if record is not None else "",
+        ])  # fmt: skip
+    headers = ["row", "status", "Whole AP", "measured", "Δ", "Whole AR", "measured", "Δ", "min", "record"]
+    return tabulate(lines, headers=headers, disable_numparse=True)
 
 
 def accept_command(comparison: Comparison, results: str, manifests: str | None = None) -> str | None:

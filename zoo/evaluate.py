@@ -26,7 +26,7 @@ import numpy as np
 
 from zoo.data import DataPaths, PersonBoxes
 from zoo.errors import InputError, ZooError
-from zoo.inference import Numerics
+from zoo.inference import Numerics, duration_text
 from zoo.manifest import Row
 from zoo.metrics import Instances
 from zoo.results import Record
@@ -578,7 +578,7 @@ def _infer_group(
         prepared.timings["model_build_s"] = time.perf_counter() - t
         batch_size = prepared.cfg.test_dataloader.batch_size
         if opts.reference:
-            say(_start_line(prepared, len(mine), batch_size, "reference"))
+            say(_start_line(prepared, len(mine), batch_size, f"{device} (mmpose's reference path)", opts.out))
             t = time.perf_counter()
             with inference_mode(prepared.numerics):
                 inst = reference_infer(
@@ -614,7 +614,7 @@ def _infer_group(
         )))  # fmt: skip
     if passes:
         for prepared, row_pass in passes:
-            say(_start_line(prepared, len(mine) - row_pass.start, row_pass.batch_size, device))
+            say(_start_line(prepared, len(mine) - row_pass.start, row_pass.batch_size, device, opts.out))
         with inference_mode(lead.numerics):
             decoded, stats = run_pass(
                 dataset, mine, [p for _, p in passes], device=device,
@@ -642,11 +642,26 @@ def _graphs_state(numerics: Numerics, model: Any) -> str:
     return f"failed, ran eagerly: {model.graph_error}" if model.graph_error else "on"
 
 
-def _start_line(prepared: _Prepared, boxes: int, batch_size: int, where: str) -> str:
+def _start_line(prepared: _Prepared, boxes: int, batch_size: int, where: str, out: Path) -> str:
+    """`row: N boxes on cuda, batch 32, flip test, det boxes, expected ~3m10s` (the expected time from
+    the row's last run on this kind of device in `out`, when there is one)."""
+    from zoo import results
+
+    expected = "expected time shown once it runs"
+    try:
+        last = results.read_record(results.row_dir(out, prepared.row.id) / results.RECORD)
+    except ZooError:
+        last = None
+    rate = last.inference.get("crops_per_s") if last is not None and last.status == "ok" else None
+    same_device = (
+        last is not None and str(last.inference.get("device", "")).split(":")[0] == where.split(":")[0]
+    )
+    if isinstance(rate, int | float) and rate > 0 and same_device:
+        expected = f"expected ~{duration_text(boxes / rate)} (its last run here)"
     return (
         f"{prepared.row.id}: {boxes} boxes on {where}, batch {batch_size}, "
         f"{'flip test, ' if prepared.cfg.model.test_cfg.get('flip_test') else ''}"
-        f"{prepared.boxes.source} boxes"
+        f"{prepared.boxes.source} boxes, {expected}"
     )
 
 

@@ -447,7 +447,7 @@ class Progress:
             eta = (self.total - self.done) / rate if rate > 0 else math.inf
             log.info(
                 "%s: %d/%d boxes (%.0f boxes/s, %s left)",
-                self.label, self.done, self.total, rate, _duration(eta),
+                self.label, self.done, self.total, rate, duration_text(eta),
             )  # fmt: skip
 
     def close(self) -> None:
@@ -455,11 +455,13 @@ class Progress:
             self.bar.close()
 
 
-def _duration(seconds: float) -> str:
+def duration_text(seconds: float) -> str:
+    """`42s`, `3m07s`, `2h05m` (`?` when unknown)."""
     if not math.isfinite(seconds):
         return "?"
-    minutes, secs = divmod(int(seconds), 60)
-    return f"{minutes}m{secs:02d}s" if minutes else f"{secs}s"
+    minutes, secs = divmod(int(round(seconds)), 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}h{minutes:02d}m" if hours else f"{minutes}m{secs:02d}s" if minutes else f"{secs}s"
 
 
 def run_pass(

@@ -16,7 +16,6 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
 
 from zoo.compare import Comparison, compare
 from zoo.errors import InputError, ZooError
@@ -118,32 +117,3 @@ def reproduce(
     junit = write_junit(opts.junit, comparison, records) if opts.junit else None
     reports = write_report(manifests, records, opts.report_dir, rows, differences)
     return ReproduceResult(comparison, records, reports, junit, time.perf_counter() - started)
-
-
-def summary_table(result: ReproduceResult) -> str:
-    """The end-of-run table: status and Whole AP/AR (expected, measured, Δ) per row, plus run time."""
-    from tabulate import tabulate
-
-    def cells(check: Any, key: str) -> list[str]:
-        m = next((m for m in check.metrics if m.key == key), None)
-        if m is None:
-            return ["", "", ""]
-        got = "n/a" if m.measured is None else f"{m.measured:.4f}"
-        delta = "" if m.delta is None else f"{m.delta:+.4f}"
-        return [f"{m.expected:.3f}", got, delta]
-
-    lines = []
-    for check in result.comparison.rows:
-        record = result.records.get(check.row_id)
-        seconds = record.timings.get("total_s") if record is not None else None
-        lines.append(
-            [
-                check.row_id,
-                check.status,
-                *cells(check, "whole.ap"),
-                *cells(check, "whole.ar"),
-                "" if seconds is None else f"{seconds / 60:.1f}",
-            ]
-        )
-    headers = ["row", "status", "Whole AP", "measured", "Δ", "Whole AR", "measured", "Δ", "min"]
-    return tabulate(lines, headers=headers, disable_numparse=True)

@@ -102,8 +102,9 @@ def _report(args: argparse.Namespace) -> int:
 
 def _reproduce(args: argparse.Namespace) -> int:
     from zoo import preflight
+    from zoo.compare import summary_table
     from zoo.manifest import load_manifests
-    from zoo.reproduce import ReproduceOptions, reproduce, summary_table
+    from zoo.reproduce import ReproduceOptions, reproduce
 
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
     manifests = load_manifests(args.manifests)
@@ -116,7 +117,7 @@ def _reproduce(args: argparse.Namespace) -> int:
         allow_missing=args.allow_missing,
     )
     result = reproduce(manifests, rows, opts, say=lambda text: print(text, file=sys.stderr, flush=True))
-    print(summary_table(result))
+    print(summary_table(result.comparison, result.records, opts.run.out))
     print()
     _print_gate(result.comparison, opts.run.out, args.manifests)
     for path in result.reports:

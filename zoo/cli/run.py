@@ -38,8 +38,10 @@ def select_rows(manifests, ids: list[str], all_rows: bool, table: str | None, sh
 
 def _run(args: argparse.Namespace) -> int:
     from zoo import preflight
+    from zoo.compare import compare, summary_table
     from zoo.evaluate import run_rows
     from zoo.manifest import load_manifests
+    from zoo.provenance import all_differences
 
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
     manifests = load_manifests(args.manifests)
@@ -48,16 +50,13 @@ def _run(args: argparse.Namespace) -> int:
     preflight.check_outputs([("--out", opts.out, True)])
     preflight.refuse(preflight.row_problems(rows, manifests, opts))  # exit 2 in seconds, before any model
     records = run_rows(rows, manifests, opts, say=lambda text: print(text, file=sys.stderr, flush=True))
-    failed = 0
-    for row, record in zip(rows, records, strict=True):
-        if record is None:  # a non-zero rank of a distributed run
-            continue
-        if record.status != "ok":
-            failed += 1
-            continue
-        ap, ar = record.metric("whole.ap"), record.metric("whole.ar")
-        print(f"{row.id}\tWhole AP {ap:.4f}\tAR {ar:.4f}\t{opts.out / row.id}", flush=True)
-    return 1 if failed else 0
+    mine = {r.row_id: r for r in records if r is not None}
+    if not mine:  # a non-zero rank of a distributed run: rank 0 reports
+        return 0
+    # the gate's verdict on what just ran, so a user sees PASS/FAIL/STALE without a second command
+    differences = all_differences(rows, mine, manifests)
+    print(summary_table(compare(rows, mine, differences=differences), mine, opts.out), flush=True)
+    return 1 if any(r.status != "ok" for r in mine.values()) else 0
 
 
 def register(sub: argparse._SubParsersAction) -> None:
