@@ -41,7 +41,25 @@ log = logging.getLogger(__name__)
 SPLIT_FILE = "splits/intra_scene_test_list.npy"
 VAL_FILE = "annotations/val_annotations.json"
 _CATEGORIES = [{"supercategory": "person", "id": 1, "name": "person"}]
-FFMPEG_HINT = "install it (Debian/Ubuntu: apt-get install ffmpeg; conda: conda install -c conda-forge ffmpeg; macOS: brew install ffmpeg)"
+FFMPEG_HINT = (
+    "install it (pip install imageio-ffmpeg, which carries a static ffmpeg; or Debian/Ubuntu: apt-get install "
+    "ffmpeg; conda: conda install -c conda-forge ffmpeg; macOS: brew install ffmpeg)"
+)
+
+
+def find_ffmpeg() -> str:
+    """The ffmpeg to extract frames with: the one on PATH, else the static binary of the
+    `imageio-ffmpeg` package (installed with the test extra), else a one-line ZooError."""
+    found = shutil.which("ffmpeg")
+    if found is not None:
+        return found
+    try:
+        import imageio_ffmpeg
+    except ImportError:
+        raise ZooError(
+            f"ffmpeg not found on PATH; the UBody frames are extracted with it: {FFMPEG_HINT}"
+        ) from None
+    return imageio_ffmpeg.get_ffmpeg_exe()
 
 
 def _video_key(name: str) -> str:
@@ -96,9 +114,7 @@ def _extract_frames(ffmpeg: str, video: Path, out_dir: Path) -> int:
 
 def extract_test_frames(root: Path, names: set[str], jobs: int = 2) -> tuple[int, int]:
     """Extract every test video under videos/ not extracted yet; returns (videos extracted, frames)."""
-    ffmpeg = shutil.which("ffmpeg")
-    if ffmpeg is None:
-        raise ZooError(f"ffmpeg not found on PATH; the UBody frames are extracted with it: {FFMPEG_HINT}")
+    ffmpeg = find_ffmpeg()
     videos_root = root / "videos"
     todo = []
     for video in sorted(p for p in videos_root.rglob("*") if p.is_file() and not p.name.startswith(".")):
