@@ -19,6 +19,7 @@ import numpy as np
 import pytest
 
 from zoo.cli import main
+from zoo.results import write_json
 
 ROOT = Path(__file__).resolve().parents[1]
 ROW = "res50-256x192"
@@ -52,9 +53,9 @@ def _record(folder: Path, row: str = ROW) -> dict[str, Any]:
 
 
 def _write(folder: Path, record: dict[str, Any]) -> Path:
+    """As `zoo run` writes records (sorted keys)."""
     path = folder / record["row_id"] / "result.json"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(record, indent=2))
+    write_json(path, record)
     return path
 
 
