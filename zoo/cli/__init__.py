@@ -17,7 +17,7 @@ from zoo import __version__
 from zoo.errors import ZooError
 
 # Command modules, in the order they appear in `zoo --help`.
-_COMMAND_MODULES = ("env", "manifests", "fetch", "data", "run", "eval", "gate")
+_COMMAND_MODULES = ("env", "manifests", "fetch", "data", "run", "eval", "gate", "diff")
 
 
 def default_manifests_dir() -> Path:
