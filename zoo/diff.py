@@ -413,21 +413,10 @@ def _keypoints(ja: Mapping[str, Any], jb: Mapping[str, Any], sources: tuple[str,
     from zoo.keypoints import KeypointStats
 
     stats = [
-        KeypointStats.from_json(_in_part_order(record["per_keypoint"]), f"{source}: per_keypoint")
+        KeypointStats.from_json(record["per_keypoint"], f"{source}: per_keypoint")
         for record, source in ((ja, sources[0]), (jb, sources[1]))
     ]
     return KeypointDiff(*stats)
-
-
-def _in_part_order(data: Any) -> Any:
-    """`per_keypoint` with its parts in `zoo.metrics.PARTS` order, the order `from_json` requires:
-    records are written with sorted keys (`zoo.results.write_json`), which puts them out of it."""
-    from zoo.metrics import PARTS
-
-    parts = data.get("parts") if isinstance(data, Mapping) else None
-    if isinstance(parts, Mapping) and set(parts) == {p.name for p in PARTS}:
-        return {**data, "parts": {p.name: parts[p.name] for p in PARTS}}
-    return data
 
 
 # --------------------------------------------------------------------------------------------------

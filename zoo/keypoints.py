@@ -162,7 +162,7 @@ class KeypointStats:
         arrays = {m: _value_list(data[m], n, f"{label}.{m}") for m in METRICS}
         parts = data["parts"]
         names = [p.name for p in PARTS]
-        if not isinstance(parts, Mapping) or list(parts) != names:
+        if not isinstance(parts, Mapping) or sorted(parts) != sorted(names):  # a JSON writer may sort keys
             raise InputError(f"{label}.parts: expected an object with keys {', '.join(names)}")
         read: dict[str, dict[str, float]] = {}
         for name in names:
