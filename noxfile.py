@@ -90,12 +90,15 @@ def reproduce(session: nox.Session) -> None:
     session.run(str(bindir / "zoo"), "reproduce", *session.posargs, external=True)
 
 
-BENCHMARKS = ("eval_speed", "data_speed")
+CPU_BENCHMARKS = ("eval_speed", "data_speed", "postprocess_speed", "table_speed", "startup_speed")
+GPU_BENCHMARKS = ("gpu_speed", "gpu_pipeline")  # need CUDA: run by name (or benchmarks/gpu_run.sh)
+BENCHMARKS = CPU_BENCHMARKS + GPU_BENCHMARKS
 
 
 @nox.session(venv_backend="none")
 def bench(session: nox.Session) -> None:
-    """Performance benchmarks (results under benchmarks/results/). `-- NAME ARGS...` runs one with ARGS."""
+    """Performance benchmarks (results under benchmarks/results/): the CPU ones by default; `-- NAME ARGS...`
+    runs one (GPU ones included) with ARGS."""
     bindir = stack(session)
     env = {"PYTHONPATH": str(ROOT)}
     if session.posargs and session.posargs[0] in BENCHMARKS:
@@ -103,7 +106,7 @@ def bench(session: nox.Session) -> None:
     elif session.posargs:
         session.error(f"unknown benchmark {session.posargs[0]!r}; choose one of {', '.join(BENCHMARKS)}")
     else:
-        plan = [(name, []) for name in BENCHMARKS]
+        plan = [(name, []) for name in CPU_BENCHMARKS]
     for name, args in plan:
         session.run(str(bindir / "python"), "-m", f"benchmarks.{name}", *args, external=True, env=env)
 
