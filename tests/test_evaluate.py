@@ -275,6 +275,34 @@ def test_killed_mid_pass_resumes_at_its_last_chunk(local_zoo, busy_root, tmp_pat
     assert record["inference"]["resumed_at"] >= 6
 
 
+def test_ctrl_c_keeps_the_decoded_batches(local_zoo, busy_root, tmp_path: Path) -> None:
+    """SIGINT mid-pass: exit 130, the batches decoded so far are written as a chunk (even with no
+    periodic checkpoint due), and the rerun resumes after them."""
+    mdir = local_zoo("res50-256x192")
+    runs = tmp_path / "runs"
+    common = [
+        "run", "res50-256x192", "--manifests", str(mdir), "--data-root", str(busy_root), "--out", str(runs),
+        "--cache", str(tmp_path / "cache"), "--workers", "0", "--no-progress", "--batch-size", "2",
+        "--checkpoint-every", "100000",
+    ]  # fmt: skip
+    proc = _zoo(*common)
+    started = time.monotonic()
+    while "boxes on cpu" not in (line := proc.stderr.readline()):
+        assert line or proc.poll() is None, proc.communicate()[1][-3000:]
+        assert time.monotonic() - started < 300
+    time.sleep(6.0)  # a few batches
+    proc.send_signal(signal.SIGINT)
+    _, stderr = proc.communicate(timeout=300)
+    assert proc.returncode == 130, stderr[-3000:]
+    assert "zoo: interrupted" in stderr and not (runs / "res50-256x192" / "result.json").exists()
+    assert list((runs / "res50-256x192").glob("partial-*/chunk-*.npz"))
+    proc = _zoo(*common)
+    _, stderr = proc.communicate(timeout=600)
+    assert proc.returncode == 0, stderr[-3000:]
+    (line,) = _checkpointed_resumes(stderr)
+    assert int(line.split("resuming at box ")[1].split()[0]) >= 2
+
+
 def test_torchrun_two_processes_match_one(local_zoo, data_roots, tmp_path: Path) -> None:
     row_id = "vipnas-res50-256x192"
     mdir = local_zoo(row_id)

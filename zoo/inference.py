@@ -561,6 +561,16 @@ def run_pass(
             out = {
                 row_id: Instances.concat([f.result() for f in futures]) for row_id, futures in results.items()
             }
+        except KeyboardInterrupt:  # keep what is decoded: the rerun resumes after it
+            for row in rows:
+                with contextlib.suppress(Exception):
+                    while (
+                        row._batches and row._batches[0][0].done() and row._batches[0][0].exception() is None
+                    ):
+                        row.drain()
+                    if hasattr(row.sink, "flush"):
+                        row.sink.flush()
+            raise
         finally:
             bar.close()
     if device.startswith("cuda"):

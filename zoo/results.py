@@ -428,14 +428,22 @@ class CheckpointSink:
     def __init__(self, partial: PartialPredictions, batch_size: int, every_s: float) -> None:
         self.partial, self.batch_size, self.every_s = partial, batch_size, every_s
         self.pending: list[Any] = []
+        self.done = 0
         self.last = time.monotonic()
 
     def __call__(self, done: int, instances: Any) -> None:
+        self.pending.append(instances)
+        self.done = done
+        if done % self.batch_size == 0 and time.monotonic() - self.last >= self.every_s:
+            self.flush()
+
+    def flush(self) -> None:
+        """Write what is pending now, if it ends on one of the row's batch boundaries (an interrupted
+        run keeps its last decoded batches)."""
         from zoo.metrics import Instances
 
-        self.pending.append(instances)
-        if done % self.batch_size == 0 and time.monotonic() - self.last >= self.every_s:
-            self.partial.add(done, Instances.concat(self.pending))
+        if self.pending and self.done % self.batch_size == 0:
+            self.partial.add(self.done, Instances.concat(self.pending))
             self.pending, self.last = [], time.monotonic()
 
 
