@@ -63,7 +63,7 @@ def run(
             row_pass = RowPass(row_id, heatmaps, Decoder(heatmaps.codec, row_id), batch)
             with inference_mode(Numerics.for_config(cfg, device, cuda_graphs=graphs)):
                 decoded, stats = run_pass(dataset, indices, [row_pass], device=device, workers=workers,
-                                      decode_threads=n_threads, progress=False)  # fmt: skip
+                                      decode_workers=n_threads, progress=False)  # fmt: skip
             inst = decoded[row_id]
             digest = b"".join(
                 getattr(inst, f).tobytes() for f in ("sample_id", "keypoints", "keypoint_scores")

@@ -386,7 +386,7 @@ def _write(
             "runner_test_s": res["runner"]["test_s"] if "runner" in res else None,
             "runner_build_s": res["runner"]["build_s"] if "runner" in res else None,
             "zoo_model_build_s": rec["timings"].get("model_build_s"),
-            "decode": rec["inference"].get("decode"), "decode_threads": rec["inference"].get("decode_threads"),
+            "decode": rec["inference"].get("decode"), "decode_workers": rec["inference"].get("decode_workers"),
             "cuda_graphs": res["zoo_graphs"]["record"]["inference"].get("cuda_graphs") if "zoo_graphs" in res else None,
             "identical": bool(res.get("identical") and res.get("metrics_identical")),
             "graphs_identical": res.get("graphs_identical"),
@@ -461,7 +461,7 @@ def _markdown(summary: dict[str, Any]) -> str:
         *(
             f"| {r['row']} | {_num(r['zoo_wall_s'], '.1f')} | {_num(r['zoo_model_build_s'], '.2f')} | "
             f"{_num(r['runner_build_s'], '.1f')} | {_num(r['runner_test_s'], '.1f')} | {r['decode']} | "
-            f"{r['decode_threads']} | {r['cuda_graphs']} | {r['errors']} |"
+            f"{r['decode_workers']} | {r['cuda_graphs']} | {r['errors']} |"
             for r in summary["rows"]
         ),
         "",

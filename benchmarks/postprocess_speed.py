@@ -5,8 +5,8 @@ What is compared, on the same recorded heatmaps (every path in its own process):
              codec's `decode` instance by instance), `add_pred_to_datasample` (input -> image
              coordinates), and the per-box values its metric keeps (`zoo.evaluate.instances_of`).
   fast       what `zoo run` does: `zoo.inference.Decoder` (`zoo.decode`, vectorised, checked against
-             mmpose's decode on the first batch) + `zoo.decode.to_image` into `Instances`, on a pool
-             of decode threads as the pipeline runs it; also timed on one thread.
+             mmpose's decode on the first batch) + `zoo.decode.to_image` into `Instances`, in the
+             decode processes (`DecodePool`) as the pipeline runs it; also timed in one thread.
 The heatmaps are recorded from the real architectures of the 12 rows (one row per codec: MSRA 64x48,
 DARK 64x48, DARK 96x72, UDP 64x48) on crops of a synthetic COCO-sized set, with two kinds of weights:
   fitted  the final layer fitted to draw the mean pose (`zoo.demo_model`): peaked maps, like a trained
@@ -14,7 +14,7 @@ DARK 64x48, DARK 96x72, UDP 64x48) on crops of a synthetic COCO-sized set, with 
   random  seeded random weights: nearly flat maps, the worst case for `zoo.decode`'s banded blur.
 Both paths' keypoints and scores are hashed byte for byte and compared. `postprocess_speedup` is the
 fitted-weights speedup over the table's codec mix (8 MSRA rows, 2 DARK 64x48, 1 DARK 96x72, 1 UDP,
-the same boxes each), with the decode threads the machine has.
+the same boxes each), with as many decode processes as the machine has cores (the stage alone).
 
     python -m benchmarks.postprocess_speed                 # 6 batches of 32 per codec
     python -m benchmarks.postprocess_speed --batches 2 --repeats 1
@@ -165,7 +165,7 @@ def worker(path: str, folder: Path, batches: int, repeats: int, threads: int) ->
     import warnings
     from concurrent.futures import ThreadPoolExecutor
 
-    from zoo.inference import Decoder, _decode_job
+    from zoo.inference import DecodePool, Decoder, _decode_job
 
     warnings.simplefilter("ignore", RuntimeWarning)  # mmpose's own 0/0 on flat maps
     out: dict[str, Any] = {}
@@ -189,17 +189,27 @@ def worker(path: str, folder: Path, batches: int, repeats: int, threads: int) ->
                     import torch
 
                     for label, n in (("one_thread", 1), ("threads", threads)):
+                        # as run_pass: the decode processes when there is more than one core to give
                         decoder = Decoder(codec, name)  # a fresh decoder checks its first batch again
-                        with ThreadPoolExecutor(n) as pool:
-                            t = time.perf_counter()
-                            futures = [
-                                pool.submit(
-                                    _decode_job, decoder, torch.from_numpy(b["heatmaps"]), None, m, size
-                                )
-                                for b, m in zip(data, meta, strict=True)
-                            ]
-                            parts = [f.result() for f in futures]
-                            times.setdefault(label, []).append(time.perf_counter() - t)
+                        slot = max(b["heatmaps"].nbytes for b in data)
+                        decode_pool = (
+                            DecodePool(n, slot) if label == "threads" and DecodePool.available() else None
+                        )
+                        decoder.pool = decode_pool
+                        try:
+                            with ThreadPoolExecutor(n) as pool:
+                                t = time.perf_counter()
+                                futures = [
+                                    pool.submit(
+                                        _decode_job, decoder, torch.from_numpy(b["heatmaps"]), None, m, size
+                                    )
+                                    for b, m in zip(data, meta, strict=True)
+                                ]
+                                parts = [f.result() for f in futures]
+                                times.setdefault(label, []).append(time.perf_counter() - t)
+                        finally:
+                            if decode_pool is not None:
+                                decode_pool.close()
                         if decoder.path != "zoo.decode":
                             raise RuntimeError(
                                 f"{name}: the fast decoder fell back to mmpose ({decoder.note})"
@@ -229,13 +239,13 @@ def _markdown(summary: dict[str, Any], rows: list[dict[str, Any]]) -> str:
         "- Packages: " + ", ".join(f"{k} {v}" for k, v in m["packages"].items()),
         f"- Heatmaps: recorded from the real architectures (one row per codec) on crops of a synthetic set, "
         f"{summary['batches']} batches of {BATCH} per case; medians of {summary['repeats']} repeats",
-        f"- Decode threads (fast path): {summary['threads']}; load average before / after: "
+        f"- Decode workers (fast path, processes): {summary['threads']}; load average before / after: "
         f"{summary['load_average'][0]} / {summary['load_average'][1]} (the machine may be shared)",
         "- Stage: heatmaps -> keypoints and scores in image coordinates -> the per-box values the metric keeps.",
         "  Reference: `BaseHead.decode` + `add_pred_to_datasample` + the metric's per-box values (one thread, as",
         "  mmpose runs it). Fast: `zoo.inference.Decoder` + `to_image` on the decode thread pool.",
         "",
-        "| codec (row) | weights | rows | ms/box mmpose | ms/box zoo, 1 thread | ms/box zoo, threads | "
+        "| codec (row) | weights | rows | ms/box mmpose | ms/box zoo, 1 thread | ms/box zoo, decode workers | "
         "speedup 1 thread | speedup | identical |",
         "|---|---|---:|---:|---:|---:|---:|---:|---|",
     ]
@@ -263,9 +273,8 @@ def run(
     seed: int = 0,
     out: Path = _common.RESULTS_DIR,
 ) -> dict[str, Any]:
-    from zoo.inference import decode_threads_for
 
-    threads = threads or decode_threads_for("cpu", 0)
+    threads = threads or len(os.sched_getaffinity(0))  # the stage alone: every core decodes
     load_before = os.getloadavg()[0]
     folder = Path(tempfile.mkdtemp(prefix="zoo-bench-post-"))
     try:
@@ -341,7 +350,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog=f"python -m {MODULE}", description=__doc__.split("\n\n")[0])
     parser.add_argument("--batches", type=int, default=6, help=f"batches of {BATCH} boxes per case")
     parser.add_argument("--repeats", type=int, default=3, help="repeats (medians reported)")
-    parser.add_argument("--threads", type=int, default=None, help="decode threads (default: as zoo run)")
+    parser.add_argument("--threads", type=int, default=None, help="decode processes (default: one per core)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, default=_common.RESULTS_DIR, help="results folder")
     parser.add_argument("--record", type=Path, help=argparse.SUPPRESS)

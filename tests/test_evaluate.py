@@ -13,6 +13,7 @@ import signal
 import subprocess
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -125,19 +126,18 @@ def test_table_mode_equals_each_row_alone(local_zoo, data_roots, tmp_path: Path)
 
     rows = ("res50-256x192", "vipnas-res50-dark-256x192", "hrnet-w32-256x192", "cspnext-m-udp-256x192")
     manifests = load_manifests(local_zoo(*rows))
-    table = run_rows(
-        manifests.rows, manifests, _opts(tmp_path / "table", data_roots["coco-wholebody-v1.0-val"])
-    )
+    root = data_roots["coco-wholebody-v1.0-val"]
+
+    def opts(name: str):  # one cache for all: the record names the cache it used
+        return replace(_opts(tmp_path / name, root), cache=tmp_path / "cache")
+
+    table = run_rows(manifests.rows, manifests, opts("table"))
     by_id = {r.row_id: r for r in table}
     assert set(by_id) == set(rows) and all(r.status == "ok" for r in table)
     assert sorted(by_id["res50-256x192"].inference["shared_pass"]) == sorted(rows[1:3])
     assert by_id["cspnext-m-udp-256x192"].inference["shared_pass"] == []  # UDP crops and GT boxes: its own
     for row_id in rows:
-        (alone,) = run_rows(
-            [manifests.row(row_id)],
-            manifests,
-            _opts(tmp_path / row_id, data_roots["coco-wholebody-v1.0-val"]),
-        )
+        run_rows([manifests.row(row_id)], manifests, opts(row_id))
         table_dir, alone_dir = tmp_path / "table" / "runs" / row_id, tmp_path / row_id / "runs" / row_id
         assert (table_dir / "predictions.json.gz").read_bytes() == (
             alone_dir / "predictions.json.gz"

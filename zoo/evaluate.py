@@ -351,7 +351,7 @@ class RunOptions:
     progress: bool = True
     reference: bool = False  # mmpose's data pipeline, test_step and xtcocotools (the slower reference paths)
     cuda_graphs: bool = False  # replay the forward pass as a CUDA graph (the same kernels)
-    decode_threads: int | None = None  # default: the cores the data workers leave
+    decode_workers: int | None = None  # decode processes; default: the cores the data workers leave
     checkpoint_every: float = 60.0  # seconds between checkpointed chunks of a running row
     argv: list[str] = field(default_factory=list)
 
@@ -618,7 +618,7 @@ def _infer_group(
         with inference_mode(lead.numerics):
             decoded, stats = run_pass(
                 dataset, mine, [p for _, p in passes], device=device,
-                workers=lead.cfg.test_dataloader.num_workers, decode_threads=opts.decode_threads,
+                workers=lead.cfg.test_dataloader.num_workers, decode_workers=opts.decode_workers,
                 progress=opts.progress and rank == 0,
             )  # fmt: skip
         for prepared, row_pass in passes:
@@ -628,7 +628,7 @@ def _infer_group(
                 batch_size=row_pass.batch_size, data_path="fast",
                 decode=row_pass.decoder.path, world=world, decode_note=row_pass.decoder.note,
                 oom_retries=row_pass.oom_retries, shared=stats.rows, resumed_at=row_pass.start,
-                decode_threads=stats.decode_threads, data_s=stats.data_s,
+                decode_workers=stats.decode_workers, decode_processes=stats.decode_processes, data_s=stats.data_s,
                 cuda_graphs=_graphs_state(prepared.numerics, row_pass.model),
             )  # fmt: skip
             out[prepared.row.id] = (Instances.concat([*parts, decoded[prepared.row.id]]), facts)
@@ -669,7 +669,8 @@ def _inference_facts(
     prepared: _Prepared, *, boxes: int, seconds: float, batch_size: int, data_path: str, decode: str,
     rate: float | None = None,
     world: int, decode_note: str = "", oom_retries: Sequence[str] = (), shared: Sequence[str] = (),
-    resumed_at: int = 0, decode_threads: int = 0, data_s: float | None = None, cuda_graphs: str = "off",
+    resumed_at: int = 0, decode_workers: int = 0, decode_processes: bool = False, data_s: float | None = None,
+    cuda_graphs: str = "off",
 ) -> dict[str, Any]:  # fmt: skip
     """The record's `inference` section."""
     prepared.timings["inference_s"] = seconds
@@ -682,7 +683,8 @@ def _inference_facts(
         "data_s": data_s,
         "decode": decode,
         "decode_note": decode_note,
-        "decode_threads": decode_threads,
+        "decode_workers": decode_workers,
+        "decode_processes": decode_processes,
         "oom_retries": list(oom_retries),
         "world_size": world,
         "device": prepared.numerics.device,

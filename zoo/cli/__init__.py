@@ -120,8 +120,8 @@ def add_run_options(parser: argparse.ArgumentParser) -> None:
         help="replay each model's forward pass as a CUDA graph (the same kernels, less launch overhead)",
     )
     parser.add_argument(
-        "--decode-threads", type=at_least(1), default=None, metavar="N",
-        help="threads decoding heatmaps beside the model (default: the cores the data workers leave)",
+        "--decode-workers", type=at_least(1), default=None, metavar="N",
+        help="processes decoding heatmaps beside the model (default: the cores the data workers leave)",
     )  # fmt: skip
     parser.add_argument(
         "--checkpoint-every", type=seconds, default=60.0, metavar="SECONDS",
@@ -139,7 +139,7 @@ def run_options(args: argparse.Namespace):  # -> zoo.evaluate.RunOptions (import
         workers=args.workers, subset=args.subset, out=args.out, force=args.force, cache=args.cache,
         offline=args.offline or None, launcher=getattr(args, "launcher", "auto"),
         progress=not args.no_progress, reference=args.reference, cuda_graphs=args.cuda_graphs,
-        decode_threads=args.decode_threads, checkpoint_every=args.checkpoint_every, argv=list(args.argv),
+        decode_workers=args.decode_workers, checkpoint_every=args.checkpoint_every, argv=list(args.argv),
     )  # fmt: skip
 
 
