@@ -28,6 +28,7 @@ def data_roots(synth_root: Path, tmp_path_factory: pytest.TempPathFactory) -> di
     import shutil
 
     from zoo.data import dataset_paths, load_registry
+    from zoo.data.paths import SYNTH_MARKER
 
     registry = load_registry(MANIFESTS)
     coco = dataset_paths(registry.get("coco-wholebody-v1.0-val"), synth_root)
@@ -35,6 +36,7 @@ def data_roots(synth_root: Path, tmp_path_factory: pytest.TempPathFactory) -> di
     ubody.ann_file.parent.mkdir(parents=True)
     shutil.copytree(coco.img_dir, ubody.img_dir)
     ubody.ann_file.write_text(json.dumps(json.loads(coco.ann_file.read_text())))
+    shutil.copy(synth_root / SYNTH_MARKER, ubody.root / SYNTH_MARKER)  # the same synthetic set
     return {"coco-wholebody-v1.0-val": coco.root, "ubody2d-val": ubody.root}
 
 

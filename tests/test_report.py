@@ -6,7 +6,7 @@ import hashlib
 from pathlib import Path
 
 import pytest
-from test_compare import R50, UBODY, W48, M, error_record, ok_record, skipped_record
+from test_compare import R50, UBODY, W48, M, error_record, ok_json, ok_record, skipped_record
 
 from zoo.cli import main
 from zoo.report import write_report
@@ -106,7 +106,13 @@ def test_report_content(tmp_path: Path) -> None:
     assert "/somewhere" not in text
     # (d) plots, linked relatively
     assert "![Δ per row and metric](coco-wholebody-delta.png)" in text
-    assert "![Whole AP against throughput](coco-wholebody-speed.png)" in text
+    assert "![Throughput per row (boxes/s)](coco-wholebody-speed.png)" in text
+    assert "## Per keypoint" in text and "No record carries per-keypoint numbers" in text
+    assert "## Box source" not in text  # no row was run with another box source
+    # 'Details and Download' points at mmpose's published page, not a relative path that leads nowhere
+    page = "https://github.com/open-mmlab/mmpose/blob/v1.3.2/configs/wholebody_2d_keypoint/topdown_heatmap/"
+    assert f"[resnet_coco-wholebody.md]({page}coco-wholebody/resnet_coco-wholebody.md)" in text
+    assert "](./" not in text and "Not a reproduction" not in text
     ubody = (tmp_path / "ubody2d.md").read_text(encoding="utf-8")
     assert "| HRNet-w32 |  256x192   |   n/a    |   n/a    |" in ubody and "SKIPPED" in ubody
 
@@ -123,3 +129,49 @@ def test_cli_report_selects_rows(tmp_path: Path, capsys: pytest.CaptureFixture[s
     text = (tmp_path / "rep2" / "coco-wholebody.md").read_text(encoding="utf-8")
     assert "res50-256x192" in text and "hrnet-w48-256x192" not in text
     assert main(["report", "--results", str(tmp_path / "missing"), "--out", str(tmp_path / "rep3")]) == 2
+
+
+def _per_keypoint(low_part: str) -> dict:
+    """Valid `per_keypoint` numbers: every keypoint at OKS 0.8 except `low_part`'s at 0.3."""
+    from zoo.keypoints import KeypointStats
+    from zoo.metrics import PARTS
+
+    spans = {p.name: (p.start, p.stop) for p in PARTS}
+    lo, hi = spans[low_part]
+    oks = [0.3 if lo <= k < hi else 0.8 for k in range(133)]
+    parts = {
+        name: {"n": 4 * (b - a), "oks": sum(oks[a:b]) / (b - a), "pck": 0.5, "dist": 3.0}
+        for name, (a, b) in spans.items()
+    }
+    data = {"matched": 4, "use_area": True, "pck_threshold": 0.1, "n": [4] * 133, "oks": oks,
+            "pck": [0.5] * 133, "dist": [3.0] * 133, "parts": parts}  # fmt: skip
+    KeypointStats.from_json(data)  # the shape a run writes
+    return data
+
+
+def test_report_per_keypoint_box_sources_and_caveats(tmp_path: Path) -> None:
+    """Per-keypoint plot and weakest part per row; the box-source table from `--boxes det,gt`
+    records; a subset or synthetic run is flagged above everything."""
+    fingerprint = ok_json(R50)["fingerprint"]
+    records = {
+        R50.id: ok_record(R50, {"whole.ap": -0.02}, per_keypoint=_per_keypoint("lefthand")),
+        W48.id: ok_record(W48, per_keypoint=_per_keypoint("face"),
+                          fingerprint={**ok_json(W48)["fingerprint"], "subset": 5}),
+    }  # fmt: skip
+    gt = ok_record(R50, {"whole.ap": -0.005, "body.ap": 0.01}, box_source="gt",
+                   fingerprint={**fingerprint, "boxes": "gt"})  # fmt: skip
+    written = write_report(M, records, tmp_path, variants={R50.id: {"gt": gt}})
+    assert tmp_path / "coco-wholebody-keypoints.png" in written
+    assert (tmp_path / "coco-wholebody-keypoints.png").read_bytes().startswith(b"\x89PNG")
+    assert not (tmp_path / "ubody2d-keypoints.png").exists()  # no record there carries the numbers
+    text = (tmp_path / "coco-wholebody.md").read_text(encoding="utf-8")
+    assert "![Per-keypoint OKS](coco-wholebody-keypoints.png)" in text
+    cells = _cells(text)
+    weakest = {c[0]: c[2] for c in cells if len(c) == 4 and c[0] in ("ResNet-50", "HRNet-w48")}
+    assert weakest == {"ResNet-50": "lefthand 0.300", "HRNet-w48": "face 0.300"}
+    boxes = {c[2]: c for c in cells if len(c) == 8 and c[1] == "det → gt"}
+    # whole: own 0.521 - 0.02, with GT boxes 0.521 - 0.005: the boxes explain 0.015 of the 0.02 gap
+    assert boxes["Whole AP"][3:7] == ["0.5010", "0.5160", "+0.0150", "-0.0200"]
+    assert boxes["Body AP"][5:7] == ["+0.0100", "+0.0000"]
+    assert set(boxes) == {"Body AP", "Foot AP", "Face AP", "Hand AP", "Whole AP"}
+    assert "Not a reproduction of the published numbers:** 1 row(s) measured a subset" in text

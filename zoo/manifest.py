@@ -303,6 +303,10 @@ class Table(_Model):
     dataset: str  # id in manifests/datasets.yaml; every row inherits it
     metafile_dataset: str = Field(min_length=1)  # this dataset's name in mmpose metafiles' Results
     decimals: int = Field(ge=0, le=6)  # metric display precision of the published table
+    # The published page the table comes from: its relative 'Details and Download' targets resolve
+    # against it in reports (the published text itself keeps them relative); without it they stay as
+    # published.
+    source_url: str | None = Field(default=None, pattern=r"^https://\S+$")
     columns: list[Column] = Field(min_length=1)
     rows: list[Row] = Field(min_length=1)
 

@@ -3,8 +3,11 @@
 Each report holds (a) the table regenerated in mmpose's exact published layout with the measured
 values in place of the expected ones, (b) a reproduction table with expected, measured, Δ, tolerance
 and status for every published metric, plus box source and throughput per row, (c) the software and
-hardware the numbers came from (from the records), and (d) two PNG plots (Δ per row and metric, Whole
-AP against crops/s) linked relatively, so the folder can be committed or uploaded as it is.
+hardware the numbers came from (from the records), (d) PNG plots linked relatively (Δ per row and
+metric, throughput per row in boxes/s, and the per-keypoint OKS of every row that carries it), and (e)
+where rows were also run with another box source (`zoo run --boxes det,gt`), per part the AP each box
+source gives: the detector's share of a gap beside the pose model's. The folder can be committed or
+uploaded as it is; 'Details and Download' links point at mmpose's published pages.
 
 Reports are deterministic: the same records give byte-identical markdown and PNGs (fixed row and
 metric order, fixed number formats, no dates or paths, matplotlib's bundled font and no 'Software'
@@ -13,18 +16,18 @@ stamp in the PNG), so a committed report changes only when a number does.
 
 from __future__ import annotations
 
-import contextlib
-import io
 import math
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 from tabulate import tabulate
 
 from zoo.compare import Comparison, compare, render_summary
 from zoo.manifest import METRICS, Manifests, Row, Table
+from zoo.plotting import plot_style, save_png
 from zoo.provenance import Difference
 from zoo.results import Record, write_atomic
 from zoo.tables import render_section
@@ -46,17 +49,6 @@ _ENV_PACKAGES = (
     "pycocotools",
     "cv2",
 )
-# Plots: matplotlib's own defaults (not the user's matplotlibrc) with its bundled DejaVu font, so
-# every machine with the same matplotlib draws the same pixels.
-_RC = {
-    "font.family": "DejaVu Sans",
-    "font.size": 9,
-    "axes.titlesize": 10,
-    "figure.dpi": 100,
-    "savefig.dpi": 100,
-}
-
-
 def _fmt(value: float | None, digits: int = 4, sign: bool = False) -> str:
     if value is None:
         return "n/a"
@@ -209,27 +201,10 @@ def _environment_table(rows: Sequence[Row], records: Mapping[str, Record]) -> st
     return tabulate(lines, headers=headers, tablefmt="github", disable_numparse=True)
 
 
-@contextlib.contextmanager
-def _plot_style() -> Iterator[None]:
-    import matplotlib
-
-    with matplotlib.rc_context():
-        matplotlib.rcdefaults()
-        matplotlib.rcParams.update(_RC)
-        yield
-
-
-def _save_png(fig: Any, path: Path) -> None:
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", metadata={"Software": None})
-    write_atomic(path, buffer.getvalue())
-
-
 def plot_deltas(frame: pd.DataFrame, rows: Sequence[Row], path: Path) -> None:
     """Δ (measured - expected) per row and metric as an annotated grid, coloured in units of the
     tolerance (red below, blue above); unpublished or unmeasured cells stay grey."""
     import matplotlib
-    import numpy as np
     from matplotlib.figure import Figure
 
     order = [row.id for row in rows]
@@ -242,8 +217,8 @@ def plot_deltas(frame: pd.DataFrame, rows: Sequence[Row], path: Path) -> None:
 
     grid = grid_of("delta")
     scaled = (grid / grid_of("tolerance")).clip(-2, 2)
-    with _plot_style():
-        fig = Figure(figsize=(9.0, 1.2 + 0.42 * max(len(order), 1)))
+    with plot_style():
+        fig = Figure(figsize=(12.0, 1.4 + 0.42 * max(len(order), 1)), layout="constrained")
         ax = fig.add_subplot()
         cmap = matplotlib.colormaps["RdBu"].with_extremes(bad="#dddddd")
         image = ax.imshow(
@@ -253,63 +228,149 @@ def plot_deltas(frame: pd.DataFrame, rows: Sequence[Row], path: Path) -> None:
         for (i, j), value in np.ndenumerate(grid.to_numpy(dtype=float)):
             text = "–" if math.isnan(value) else _fmt(value, 3, sign=True)
             colour = "white" if strong[i, j] else "black"
-            ax.text(j, i, text, ha="center", va="center", fontsize=8, color=colour)
+            ax.text(j, i, text, ha="center", va="center", fontsize=7.5, color=colour)
         ax.set_xticks(range(len(METRICS)), [_LABELS[k] for k in METRICS], rotation=30, ha="right")
         ax.set_yticks(range(len(order)), [f"{row.name} ({row.id})" for row in rows])
         ax.set_title("Δ = measured − expected (colour: Δ / tolerance, clipped at ±2)")
         fig.colorbar(image, ax=ax, label="Δ / tolerance")
-        fig.tight_layout()
-        _save_png(fig, path)
+        save_png(fig, path)
 
 
 def plot_speed(rows: Sequence[Row], records: Mapping[str, Record], path: Path) -> None:
-    """Measured Whole AP (dots) against inference throughput, with the expected value (x) above or below."""
+    """Boxes per second of each row's inference (data, model and decoding, as its record measured),
+    one bar per row in table order, labelled with the value and the device; rows without a measured
+    throughput (failed, skipped, resumed from saved predictions) are named as such."""
     from matplotlib.figure import Figure
 
-    points = []
+    labels, speeds, notes = [], [], []
     for row in rows:
         rec = records.get(row.id)
         speed = _throughput(rec)
-        ap = rec.metric("whole.ap") if rec is not None and rec.status == "ok" else None
-        if speed is not None and ap is not None and math.isfinite(ap):
-            points.append((row, speed, ap, row.expected.get("whole.ap")))
-    with _plot_style():
-        fig = Figure(figsize=(7.0, 4.5))
+        labels.append(f"{row.name} ({row.input_size_text})")
+        speeds.append(speed or 0.0)
+        if speed is not None:
+            notes.append(f"{speed:.1f} on {(rec.inference.get('device') if rec else None) or '?'}")
+        else:
+            notes.append("not measured" if rec is None else f"no throughput ({rec.status})")
+    top = max(speeds, default=0.0) or 1.0
+    with plot_style():
+        fig = Figure(figsize=(8.0, 1.3 + 0.36 * max(len(rows), 1)), layout="constrained")
         ax = fig.add_subplot()
-        for i, (row, speed, ap, expected) in enumerate(points):
-            if expected is not None:
-                ax.plot([speed, speed], [expected, ap], color="#999999", linewidth=1)
-                ax.scatter([speed], [expected], marker="x", color="#555555")
-            ax.scatter([speed], [ap], color="#1f77b4")
-            ax.annotate(
-                row.name, (speed, ap), textcoords="offset points", xytext=(5, 4 - 12 * (i % 2)), fontsize=8
-            )
-        if not points:
-            ax.text(
-                0.5,
-                0.5,
-                "no row has both a Whole AP and a throughput",
-                ha="center",
-                va="center",
-                transform=ax.transAxes,
-            )
-        ax.set_xlabel("inference throughput (crops/s, as recorded)")
-        ax.set_ylabel("Whole AP")
-        ax.set_title("Whole AP (dot: measured, x: expected) against throughput")
-        ax.grid(True, linewidth=0.3)
-        fig.tight_layout()
-        _save_png(fig, path)
+        y = list(range(len(rows)))
+        ax.barh(y, speeds, color="#4c78a8", height=0.6)
+        for i, (speed, note) in enumerate(zip(speeds, notes, strict=True)):
+            ax.text(speed + top * 0.01, i, note, va="center", fontsize=8)
+        ax.set_yticks(y, labels)
+        ax.invert_yaxis()  # table order, top to bottom
+        ax.set_xlim(0, top * 1.3)  # room for the labels
+        ax.set_xlabel("boxes/s (pose model's inference incl. crops and decoding, as recorded)")
+        ax.set_title("Inference throughput per row")
+        ax.grid(True, axis="x", linewidth=0.3)
+        save_png(fig, path)
+
+
+def _keypoint_stats(rows: Sequence[Row], records: Mapping[str, Record]) -> dict[str, Any]:
+    """Row name -> KeypointStats, for the ok records that carry `details.per_keypoint`."""
+    from zoo.keypoints import KeypointStats
+
+    out = {}
+    for row in rows:
+        rec = records.get(row.id)
+        data = rec.details.get("per_keypoint") if rec is not None and rec.status == "ok" else None
+        if data is not None:
+            out[row.name] = KeypointStats.from_json(data, f"{row.id}: per_keypoint")
+    return out
+
+
+def _keypoint_section(stats: Mapping[str, Any], figure: str | None) -> str:
+    """The per-keypoint plot and, per row, the part with the lowest mean OKS and its worst keypoints."""
+    from zoo.keypoints import PARTS, keypoint_names
+
+    if not stats or figure is None:
+        return "No record carries per-keypoint numbers (`details.per_keypoint`).\n"
+    names = keypoint_names()
+    lines = []
+    for row, s in stats.items():
+        oks = s.values("oks")
+        parts = {p.name: s.parts[p.name]["oks"] for p in PARTS[:-1] if math.isfinite(s.parts[p.name]["oks"])}
+        weakest = min(parts, key=parts.__getitem__) if parts else None
+        lines.append([
+            row, _fmt(s.parts["wholebody"]["oks"], 3),
+            f"{weakest} {_fmt(parts[weakest], 3)}" if weakest else "n/a",
+            ", ".join(f"{names[k]} {_fmt(float(oks[k]), 3)}" for k in s.worst(3)) or "n/a",
+        ])  # fmt: skip
+    headers = ["Model", "Mean OKS (whole body)", "Weakest part", "Weakest keypoints"]
+    return (
+        "Mean OKS contribution of each of the 133 keypoints over matched prediction/GT pairs, per row "
+        "(`zoo eval keypoints` prints the full list; `zoo diff` plots Δ between two runs):\n\n"
+        f"![Per-keypoint OKS]({figure})\n\n"
+        + tabulate(lines, headers=headers, tablefmt="github", disable_numparse=True)
+        + "\n"
+    )
+
+
+def _box_source_section(
+    rows: Sequence[Row], records: Mapping[str, Record], variants: Mapping[str, Mapping[str, Record]]
+) -> str:
+    """Per row run with more than one box source: per part, the AP of each source, Δ between them
+    (what the boxes alone change) and the row's own gap to the published value."""
+    lines = []
+    for row in rows:
+        own, others = records.get(row.id), variants.get(row.id) or {}
+        if own is None or own.status != "ok" or not others:
+            continue
+        for source, other in sorted(others.items()):
+            if other.status != "ok":
+                lines.append([row.name, f"{own.box_source} → {source}", "", "", "", "", "", other.status])
+                continue
+            for part in ("body", "foot", "face", "hand", "whole"):
+                key = f"{part}.ap"
+                mine, theirs, expected = own.metric(key), other.metric(key), row.expected.get(key)
+                box_delta = None if mine is None or theirs is None else theirs - mine
+                gap = None if mine is None or expected is None else mine - expected
+                lines.append([
+                    row.name, f"{own.box_source} → {source}", _LABELS[key], _fmt(mine), _fmt(theirs),
+                    _fmt(box_delta, sign=True), _fmt(gap, sign=True), "ok",
+                ])  # fmt: skip
+    if not lines:
+        return ""
+    headers = ["Model", "Boxes", "Metric", "Own boxes", "Other boxes", "Δ boxes", "Own − expected", "Other run"]
+    return "\n".join([
+        "## Box source\n",
+        "Rows also run with another box source (`zoo run --boxes det,gt`; those records are kept in "
+        "`boxes/<source>/` and never gated). Δ boxes = AP with the other boxes − AP with the row's own: "
+        "the share of a gap that the boxes decide; what remains of `Own − expected` after it is the pose "
+        "model's (and the evaluation's).\n",
+        tabulate(lines, headers=headers, tablefmt="github", disable_numparse=True) + "\n",
+    ])  # fmt: skip
+
+
+def _caveat(rows: Sequence[Row], records: Mapping[str, Record]) -> str:
+    """A warning above everything when some records did not measure the real, whole data set."""
+    synthetic = [row.id for row in rows if (rec := records.get(row.id)) is not None and rec.synthetic]
+    subset = [row.id for row in rows if (rec := records.get(row.id)) is not None and rec.subset]
+    notes = []
+    if synthetic:
+        notes.append(f"{len(synthetic)} row(s) measured the harness's synthetic data ({', '.join(synthetic)})")
+    if subset:
+        notes.append(f"{len(subset)} row(s) measured a subset of the images ({', '.join(subset)})")
+    if not notes:
+        return ""
+    return f"> **Not a reproduction of the published numbers:** {'; '.join(notes)}.\n"
 
 
 def render_report(
     table: Table,
     rows: Sequence[Row],
     records: Mapping[str, Record],
-    figures: Mapping[str, str],
+    figures: Mapping[str, str | None],
     differences: Mapping[str, Sequence[Difference]] | None = None,
+    variants: Mapping[str, Mapping[str, Record]] | None = None,
 ) -> str:
-    """The markdown of one table's report; `figures` maps 'delta'/'speed' to the PNGs' relative links;
-    `differences` (`zoo.provenance.all_differences`) make records that measured something else STALE."""
+    """The markdown of one table's report; `figures` maps 'delta'/'speed'/'keypoints' to the PNGs'
+    relative links (keypoints None: no row carries per-keypoint numbers); `differences`
+    (`zoo.provenance.all_differences`) make records that measured something else STALE; `variants`
+    (`zoo.results.load_box_variants`) are the same rows run with other box sources."""
     comparison = compare(rows, records, differences=differences)
     frame = metric_frame(comparison)
     with_records = sum(row.id in records for row in rows)
@@ -318,10 +379,11 @@ def render_report(
         f"Generated by `zoo report` from {with_records} result record(s) for {len(rows)} row(s) of the manifest "
         f"table `{table.id}`; expected values and tolerances come from the manifest.\n",
         f"{render_summary(comparison)}\n",
+        _caveat(rows, records),
         "## Measured values in the published layout\n",
         "The published table regenerated with the measured values in place of the expected ones "
         "(`n/a`: no successful run).\n",
-        render_section(table, measured_values(rows, records)),
+        render_section(table, measured_values(rows, records), absolute_links=True),
         "## Reproduction\n",
         _rows_table(rows, comparison, records) + "\n",
         "What each record measured (checkpoint sha256, box source, data, subset); STALE rows measured "
@@ -330,13 +392,16 @@ def render_report(
         "Every published metric (Δ = measured − expected; the tolerance is absolute, `±` two-sided, "
         "`-` only a drop counts):\n",
         (_metrics_table(frame, rows) if len(frame) else "No metric could be compared.") + "\n",
+        _box_source_section(rows, records, variants or {}),
+        "## Per keypoint\n",
+        _keypoint_section(_keypoint_stats(rows, records), figures.get("keypoints")),
         "## Plots\n",
         f"![Δ per row and metric]({figures['delta']})\n",
-        f"![Whole AP against throughput]({figures['speed']})\n",
+        f"![Throughput per row (boxes/s)]({figures['speed']})\n",
         "## Environment\n",
         _environment_table(rows, records) + "\n",
     ]
-    return "\n".join(parts)
+    return "\n".join(part for part in parts if part)
 
 
 def write_report(
@@ -345,22 +410,35 @@ def write_report(
     out: Path,
     rows: Sequence[Row] | None = None,
     differences: Mapping[str, Sequence[Difference]] | None = None,
+    variants: Mapping[str, Mapping[str, Record]] | None = None,
 ) -> list[Path]:
-    """Write `<out>/<table>.md` and its two PNGs for every table with a selected row; returns the paths.
+    """Write `<out>/<table>.md` and its PNGs for every table with a selected row; returns the paths.
 
     The published-layout table always lists every row of the table (unselected or unrun ones as n/a),
     as the published table does; the reproduction table and the plots cover the selected rows."""
+    from zoo.keypoints import plot_keypoints
+
     selected = list(rows) if rows is not None else manifests.rows
     written: list[Path] = []
     for table in manifests.tables:
         mine = [row for row in selected if row.table == table.id]
         if not mine:
             continue
-        figures = {"delta": f"{table.id}-delta.png", "speed": f"{table.id}-speed.png"}
+        stats = _keypoint_stats(mine, records)
+        figures: dict[str, str | None] = {
+            "delta": f"{table.id}-delta.png",
+            "speed": f"{table.id}-speed.png",
+            "keypoints": f"{table.id}-keypoints.png" if stats else None,
+        }
         comparison = compare(mine, records, differences=differences)
         plot_deltas(metric_frame(comparison), mine, out / figures["delta"])
         plot_speed(mine, records, out / figures["speed"])
         page = out / f"{table.id}.md"
-        write_atomic(page, render_report(table, mine, records, figures, differences).encode("utf-8"))
-        written += [page, out / figures["delta"], out / figures["speed"]]
+        pngs = [out / figures["delta"], out / figures["speed"]]
+        if figures["keypoints"]:
+            title = f"{table.title}: mean OKS per keypoint (matched pairs)"
+            pngs.append(plot_keypoints(stats, out / figures["keypoints"], title))
+        text = render_report(table, mine, records, figures, differences, variants)
+        write_atomic(page, text.encode("utf-8"))
+        written += [page, *pngs]
     return written

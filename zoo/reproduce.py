@@ -115,5 +115,6 @@ def reproduce(
         rows, records, strict=opts.strict, allow_missing=opts.allow_missing, differences=differences
     )
     junit = write_junit(opts.junit, comparison, records) if opts.junit else None
-    reports = write_report(manifests, records, opts.report_dir, rows, differences)
+    variants = results.load_box_variants(run_opts.out)
+    reports = write_report(manifests, records, opts.report_dir, rows, differences, variants)
     return ReproduceResult(comparison, records, reports, junit, time.perf_counter() - started)

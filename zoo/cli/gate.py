@@ -89,13 +89,14 @@ def _report(args: argparse.Namespace) -> int:
     from zoo.preflight import check_outputs
     from zoo.provenance import all_differences
     from zoo.report import write_report
-    from zoo.results import load_records
+    from zoo.results import load_box_variants, load_records
 
     manifests = load_manifests(args.manifests)
     rows = _rows(manifests, args.rows, args.table)
     check_outputs([("--out", args.out, True)])
     records = load_records(args.results)
-    for path in write_report(manifests, records, args.out, rows, all_differences(rows, records, manifests)):
+    differences = all_differences(rows, records, manifests)
+    for path in write_report(manifests, records, args.out, rows, differences, load_box_variants(args.results)):
         print(path)
     return 0
 
