@@ -235,7 +235,10 @@ def test_sigkill_at_random_points_resumes_to_identical_predictions(
             _, stderr = proc.communicate(timeout=fraction * whole)
         except subprocess.TimeoutExpired:
             proc.send_signal(signal.SIGKILL)
-            proc.communicate()
+            try:
+                proc.communicate(timeout=30)
+            except subprocess.TimeoutExpired:
+                pytest.fail("30 s after the SIGKILL its output is still open: a child process outlived it")
             _assert_whole_files(runs)
             kills += 1
         else:

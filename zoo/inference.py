@@ -370,6 +370,24 @@ def _worker_ready() -> int:
     return os.getpid()
 
 
+def _exit_with(parent: int) -> None:
+    """Worker initializer: leave as soon as the process that made the pool is gone.
+
+    A pool's workers block on a pipe whose write end they inherited themselves, so a SIGKILLed
+    `zoo run` would leave them waiting forever, holding its stdout and stderr open (a caller
+    waiting for the output hangs) and its shared buffers mapped. A daemon thread polls the parent.
+    """
+    import threading
+    import time
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(0.5)
+        os._exit(0)
+
+    threading.Thread(target=watch, name="zoo-decode-watch", daemon=True).start()
+
+
 class DecodePool:
     """`zoo.decode` in worker processes, fed through shared memory.
 
@@ -395,7 +413,12 @@ class DecodePool:
         self.free: queue.Queue[int] = queue.Queue()
         for i in range(len(_SLOTS)):
             self.free.put(i)
-        self.executor = ProcessPoolExecutor(processes, mp_context=multiprocessing.get_context("fork"))
+        self.executor = ProcessPoolExecutor(
+            processes,
+            mp_context=multiprocessing.get_context("fork"),
+            initializer=_exit_with,
+            initargs=(os.getpid(),),
+        )
         for started in [self.executor.submit(_worker_ready) for _ in range(processes)]:
             started.result()  # every worker forks now, before the data workers and decode threads exist
 

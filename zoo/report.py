@@ -49,6 +49,8 @@ _ENV_PACKAGES = (
     "pycocotools",
     "cv2",
 )
+
+
 def _fmt(value: float | None, digits: int = 4, sign: bool = False) -> str:
     if value is None:
         return "n/a"
@@ -302,7 +304,7 @@ def _keypoint_section(stats: Mapping[str, Any], figure: str | None) -> str:
     headers = ["Model", "Mean OKS (whole body)", "Weakest part", "Weakest keypoints"]
     return (
         "Mean OKS contribution of each of the 133 keypoints over matched prediction/GT pairs, per row "
-        "(`zoo eval keypoints` prints the full list; `zoo diff` plots Δ between two runs):\n\n"
+        "(`zoo eval --per-keypoint` prints the full list; `zoo diff` plots Δ between two runs):\n\n"
         f"![Per-keypoint OKS]({figure})\n\n"
         + tabulate(lines, headers=headers, tablefmt="github", disable_numparse=True)
         + "\n"
@@ -334,7 +336,16 @@ def _box_source_section(
                 ])  # fmt: skip
     if not lines:
         return ""
-    headers = ["Model", "Boxes", "Metric", "Own boxes", "Other boxes", "Δ boxes", "Own − expected", "Other run"]
+    headers = [
+        "Model",
+        "Boxes",
+        "Metric",
+        "Own boxes",
+        "Other boxes",
+        "Δ boxes",
+        "Own − expected",
+        "Other run",
+    ]
     return "\n".join([
         "## Box source\n",
         "Rows also run with another box source (`zoo run --boxes det,gt`; those records are kept in "
@@ -351,7 +362,9 @@ def _caveat(rows: Sequence[Row], records: Mapping[str, Record]) -> str:
     subset = [row.id for row in rows if (rec := records.get(row.id)) is not None and rec.subset]
     notes = []
     if synthetic:
-        notes.append(f"{len(synthetic)} row(s) measured the harness's synthetic data ({', '.join(synthetic)})")
+        notes.append(
+            f"{len(synthetic)} row(s) measured the harness's synthetic data ({', '.join(synthetic)})"
+        )
     if subset:
         notes.append(f"{len(subset)} row(s) measured a subset of the images ({', '.join(subset)})")
     if not notes:

@@ -22,7 +22,12 @@ def expected_values(table: Table) -> dict[str, dict[str, float | None]]:
 
 
 def _cell(
-    row: Row, column: Column, values: Mapping[str, float | None], decimals: int, missing: str, base: str | None
+    row: Row,
+    column: Column,
+    values: Mapping[str, float | None],
+    decimals: int,
+    missing: str,
+    base: str | None,
 ) -> str:
     if column.value == "name":
         return row.name

@@ -96,7 +96,9 @@ def _report(args: argparse.Namespace) -> int:
     check_outputs([("--out", args.out, True)])
     records = load_records(args.results)
     differences = all_differences(rows, records, manifests)
-    for path in write_report(manifests, records, args.out, rows, differences, load_box_variants(args.results)):
+    for path in write_report(
+        manifests, records, args.out, rows, differences, load_box_variants(args.results)
+    ):
         print(path)
     return 0
 
