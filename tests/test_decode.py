@@ -154,6 +154,23 @@ def _edge_cases(h: int, w: int, k: int) -> np.ndarray:
     spike = np.zeros((k, h, w), np.float32)
     spike[:, h // 3, w // 3] = np.linspace(1e-6, 1e6, k, dtype=np.float32)
     cases.append(spike)
+    odd = base.copy()  # maps the row-maximum scan must not trust: NaN, infinities, signed zeros
+    for i in range(k):
+        y, x = 3 + i % (h - 6), 3 + i % (w - 6)
+        if i % 5 == 0:
+            odd[i, y, x] = np.nan
+        elif i % 5 == 1:
+            odd[i, y, x] = np.inf
+        elif i % 5 == 2:
+            odd[i] = -np.abs(odd[i])
+            odd[i, y, x] = -0.0
+            odd[i, h - 1 - y, x] = 0.0
+        elif i % 5 == 3:
+            odd[i, y, x] = -np.inf
+        else:
+            odd[i, :, :] = -0.0
+            odd[i, y, x] = 0.0
+    cases.append(odd)
     return np.stack(cases)
 
 
@@ -300,3 +317,26 @@ def test_heatmap_model_equals_mmposes_preprocessing_and_flip(case: str, synth_ro
         assert torch.equal(ours.preprocess(stacked), model.data_preprocessor(batch, False)["inputs"])
         heatmaps = ours(stacked)
     assert heatmaps.dtype == captured[0].dtype and heatmaps.numpy().tobytes() == captured[0].numpy().tobytes()
+
+
+def test_decode_pool_gives_the_in_process_bytes_and_only_blurring_codecs_use_it() -> None:
+    """The pool's workers decode the very bytes the main process would (shared memory, not pickles),
+    and plain MSRA, cheaper than the copy into shared memory, stays out of it."""
+    from zoo.inference import DecodePool, Decoder
+
+    wants = {case: Decoder(_codec(row), row).wants_processes for case, row in CODEC_ROWS.items()}
+    assert wants == {"msra": False, "dark": True, "dark-96x72": True, "udp": True}
+    codec = _codec(CODEC_ROWS["dark"])
+    w, h = codec.heatmap_size
+    heatmaps = _peaks(np.random.default_rng(5), n=4, k=133, h=h, w=w, noise=0.02)
+    decoder = Decoder(codec, "dark")
+    expected = decoder(heatmaps)  # the first batch: checked against mmpose's decode
+    assert decoder.path == "zoo.decode"
+    pool = DecodePool(2, heatmaps.nbytes)
+    try:
+        decoder.pool = pool
+        got = [decoder(heatmaps) for _ in range(3)]
+    finally:
+        pool.close()
+    for keypoints, scores in got:
+        assert _same(keypoints, expected[0]) and _same(scores, expected[1])

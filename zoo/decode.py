@@ -15,6 +15,9 @@ and array operations over every keypoint of the batch:
   Newton step (`refine_keypoints_dark_udp`), and the `(W - 1, H - 1)` rescaling.
 
 How the bits stay the same:
+- the maximum: a maximum rounds nothing, so the first row holding a map's maximum (from cv2's row
+  maxima) and that row's first pixel holding it are `np.argmax`'s; the value is read there, which
+  is `np.amax`'s but for zeros (signed) and NaN, where numpy's own calls decide as in mmpose;
 - the blur: each keypoint map is padded with zeros exactly as mmpose pads it and the padded maps are
   stacked vertically into one tall image for `cv2.GaussianBlur`. The kept pixels of a map read only its
   own padded rows (the border rule touches only the padding mmpose discards), and the filter's
@@ -68,58 +71,74 @@ def _blur_stacked(padded: np.ndarray, kernel: int) -> np.ndarray:
     per_chunk = max(1, _CHUNK_PIXELS // (h * w))
     for lo in range(0, n, per_chunk):
         part = padded[lo : lo + per_chunk]
-        tall = cv2.GaussianBlur(part.reshape(-1, w), (kernel, kernel), 0)
-        out[lo : lo + len(part)] = tall.reshape(part.shape)
+        cv2.GaussianBlur(
+            part.reshape(-1, w), (kernel, kernel), 0, dst=out[lo : lo + len(part)].reshape(-1, w)
+        )
     return out
 
 
-def _row_bounds(maps: np.ndarray, kernel: int) -> np.ndarray:
+def scan(maps: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Each map's row maxima (M, H) and minimum (M,): one pass of cv2's row reduction (exact: a
+    maximum rounds nothing) and one of numpy's flat minimum, which propagates NaN, so a map holding
+    NaN is known by its minimum (cv2's maximum may skip it)."""
+    m, h, w = maps.shape
+    row_max = cv2.reduce(maps.reshape(m * h, w), 1, cv2.REDUCE_MAX).reshape(m, h)
+    return row_max, maps.reshape(m, -1).min(axis=1)
+
+
+def _row_bounds(row_max: np.ndarray, size: np.ndarray, kernel: int) -> np.ndarray:
     """Per map and row, an upper bound of every blurred pixel of that row (before mmpose's factor).
 
     A blurred pixel is sum_dy wy[dy] * sum_dx wx[dx] * P[y + dy, x + dx] over the zero-padded map P,
     with non-negative weights, so it is at most sum_dy wy[dy] * sum(wx) * R[y + dy], R being the row's
     maximum with the padding's zeros (every row has pixels whose window reaches the padding). The
     weights are cv2's float32 kernel; cv2's float32 rounding is covered by a margin of 1e-4 times the
-    same sum over the rows' largest magnitudes (the rounding is below 1e-5 of it).
+    kernel's total weight squared times the map's largest magnitude `size` (the rounding is below
+    1e-5 of it).
     """
-    h = maps.shape[1]
     b = (kernel - 1) // 2
     weights = cv2.getGaussianKernel(kernel, 0, cv2.CV_32F).astype(np.float64).ravel() * (1 + 1e-6)
-    high = np.maximum(maps.max(axis=2), 0).astype(np.float64)
-    size = np.maximum(high, -maps.min(axis=2).astype(np.float64))
-    high, size = np.pad(high, ((0, 0), (b, b))), np.pad(size, ((0, 0), (b, b)))
-    bound = sum(weights[i] * (high[:, i : i + h] + 1e-4 * size[:, i : i + h]) for i in range(kernel))
-    return bound * weights.sum()
+    high = np.pad(np.maximum(row_max, 0).astype(np.float64), ((0, 0), (b, b)))
+    bound = np.lib.stride_tricks.sliding_window_view(high, kernel, axis=1) @ weights
+    total = weights.sum()
+    return (bound + 1e-4 * total * size[:, None]) * total
 
 
 def modulated_taps(
-    maps: np.ndarray, kernel: int, maxima: np.ndarray, rows: np.ndarray, taps: tuple[np.ndarray, ...]
+    maps: np.ndarray,
+    kernel: int,
+    maxima: np.ndarray,
+    rows: np.ndarray,
+    taps: tuple[np.ndarray, ...],
+    scanned: tuple[np.ndarray, np.ndarray],
 ) -> np.ndarray:
     """The pixels `taps` = (map, y, x) index arrays of mmpose's `gaussian_blur(maps, kernel)`: blurred
     and multiplied by each map's `origin_max / blurred max`, in float32, exactly.
 
-    `maxima` are the maps' maxima (mmpose's `origin_max`) and `rows` the row of each map's maximum.
-    Blurring a whole map is only needed for its maximum, and the maximum of a peaked map lies near
-    its peak. So each map is first blurred in a band of 2b+1 rows around `rows` (a band is blurred
-    exactly as inside the whole map: the kept rows read only real padded rows, and cv2's arithmetic
-    depends on the column, not the row). A row outside the band can only hold the maximum if its
-    upper bound, the kernel's total weight times the largest value within b rows (zero padding
-    included), plus a margin far above float32 rounding, reaches the band's maximum. Maps where that
-    is possible, or that are not finite, or whose taps leave the band, are blurred whole, as before.
+    `maxima` are the maps' maxima (mmpose's `origin_max`), `rows` the row of each map's maximum and
+    `scanned` the maps' `scan`. Blurring a whole map is only needed for its maximum, and the maximum
+    of a peaked map lies near its peak. So each map is first blurred in a band of 2b+1 rows around
+    `rows` (a band is blurred exactly as inside the whole map: the kept rows read only real padded
+    rows, and cv2's arithmetic depends on the column, not the row). A row outside the band can only
+    hold the maximum if its upper bound, the kernel's total weight times the largest value within b
+    rows (zero padding included), plus a margin far above float32 rounding, reaches the band's
+    maximum. Maps where that is possible, or that are not finite, or whose taps leave the band, are
+    blurred whole, as mmpose does.
     """
     m, h, w = maps.shape
     b = (kernel - 1) // 2
     band = min(2 * b + 1, h)
     start = np.clip(rows - b, 0, h - band)
-    # band: input rows start-b .. start+band+b-1 of each zero-padded map
+    # band: input rows start-b .. start+band+b-1 of each map, zero outside it, zero columns either side
     src = start[:, None] + np.arange(-b, band + b)
-    inside = (src >= 0) & (src < h)
-    padded = np.zeros((m, band + 2 * b, w + 2 * b), dtype=np.float32)
-    padded[:, :, b:-b] = np.where(inside[..., None], maps[np.arange(m)[:, None], np.clip(src, 0, h - 1)], 0)
+    picked = maps.reshape(m * h, w).take((np.arange(m)[:, None] * h + np.clip(src, 0, h - 1)).ravel(), axis=0)
+    picked.reshape(m, -1, w)[(src < 0) | (src >= h)] = 0
+    padded = cv2.copyMakeBorder(picked, 0, 0, b, b, cv2.BORDER_CONSTANT, value=0).reshape(m, band + 2 * b, -1)
     banded = _blur_stacked(padded, kernel)[:, b : b + band, b:-b]
     band_max = banded.reshape(m, -1).max(axis=1)
 
-    bound = _row_bounds(maps, kernel)
+    row_max, low = scanned
+    bound = _row_bounds(row_max, np.maximum(np.abs(maxima), np.abs(low)), kernel)
     outside = (np.arange(h) < start[:, None]) | (np.arange(h) >= (start + band)[:, None])
     whole = (
         np.any(outside & (bound >= band_max[:, None]), axis=1)
@@ -150,13 +169,37 @@ def modulated_taps(
     return values
 
 
-def heatmap_maximum(heatmaps: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """mmpose's `get_heatmap_maximum` for (M, H, W): (M, 2) float32 locations (x, y), (M,) values."""
+def heatmap_maximum(
+    heatmaps: np.ndarray, scanned: tuple[np.ndarray, np.ndarray] | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """mmpose's `get_heatmap_maximum` for (M, H, W): (M, 2) float32 locations (x, y), (M,) values.
+
+    The first maximum in row-major order, as `np.argmax`, found from the maps' `scan` when given
+    (its first row holding the maximum, then that row's first pixel), else by `np.argmax`; its
+    value read at that pixel. A finite non-zero maximum has one bit pattern, so the read value is
+    `np.amax`'s; maps whose maximum is zero (whose sign `np.amax` decides), not finite, or that hold
+    NaN are redone with `np.argmax` and `np.amax`, as mmpose calls them.
+    """
     m, h, w = heatmaps.shape
     flat = heatmaps.reshape(m, -1)
-    y, x = np.unravel_index(np.argmax(flat, axis=1), shape=(h, w))
+    maps = np.arange(m)
+    if scanned is None:
+        index = np.argmax(flat, axis=1)
+    else:
+        row_max, low = scanned
+        top = row_max.max(axis=1, keepdims=True)
+        y = np.argmax(row_max == top, axis=1)
+        index = y * w + np.argmax(heatmaps[maps, y] == top, axis=1)
+    vals = flat[maps, index]
+    odd = ~np.isfinite(vals) | (vals == 0)
+    if scanned is not None:
+        odd |= np.isnan(low)
+    odd = np.nonzero(odd)[0]
+    if len(odd):
+        index[odd] = np.argmax(flat[odd], axis=1)
+        vals[odd] = np.amax(flat[odd], axis=1)
+    y, x = np.divmod(index, w)
     locs = np.stack((x, y), axis=-1).astype(np.float32)
-    vals = np.amax(flat, axis=1)
     locs[vals <= 0.0] = -1
     return locs, vals
 
@@ -213,7 +256,13 @@ _DARK_TAPS = np.array(
 )
 
 
-def _refine_dark(locs: np.ndarray, heatmaps: np.ndarray, maxima: np.ndarray, kernel: int) -> np.ndarray:
+def _refine_dark(
+    locs: np.ndarray,
+    heatmaps: np.ndarray,
+    maxima: np.ndarray,
+    kernel: int,
+    scanned: tuple[np.ndarray, np.ndarray],
+) -> np.ndarray:
     """`refine_keypoints_dark`: blur, log, then one Newton step where the 5x5 neighbourhood fits.
 
     mmpose takes the log of every blurred pixel and reads 13 of them per keypoint; here the 13 are
@@ -230,6 +279,7 @@ def _refine_dark(locs: np.ndarray, heatmaps: np.ndarray, maxima: np.ndarray, ker
     taps = modulated_taps(
         heatmaps, kernel, maxima, np.maximum(y, 0),
         (np.broadcast_to(r[:, None], shape), y[r, None] + _DARK_TAPS[:, 0], x[r, None] + _DARK_TAPS[:, 1]),
+        scanned,
     )  # fmt: skip
     np.maximum(taps, 1e-10, taps)
     np.log(taps, taps)
@@ -253,7 +303,12 @@ def _refine_dark(locs: np.ndarray, heatmaps: np.ndarray, maxima: np.ndarray, ker
 
 
 def _refine_udp(
-    locs: np.ndarray, heatmaps: np.ndarray, maxima: np.ndarray, kernel: int, per_instance: int
+    locs: np.ndarray,
+    heatmaps: np.ndarray,
+    maxima: np.ndarray,
+    kernel: int,
+    per_instance: int,
+    scanned: tuple[np.ndarray, np.ndarray],
 ) -> np.ndarray:
     """`refine_keypoints_dark_udp`: blur, clip, log, edge-pad, one Newton step for every keypoint.
 
@@ -280,7 +335,7 @@ def _refine_udp(
     py, px = np.divmod(rem.reshape(m, 7), w + 2)
     taps = modulated_taps(
         heatmaps, kernel, maxima, np.maximum(locs[:, 1].astype(int), 0),
-        (rows, np.clip(py - 1, 0, h - 1), np.clip(px - 1, 0, w - 1)),
+        (rows, np.clip(py - 1, 0, h - 1), np.clip(px - 1, 0, w - 1)), scanned,
     )  # fmt: skip
     np.clip(taps, 1e-3, 50.0, taps)
     np.log(taps, taps)
@@ -334,13 +389,16 @@ class BatchDecoder:
         instance by instance (float32 for MSRA/DARK, float64 for UDP). `heatmaps` is left untouched."""
         n, k, h, w = heatmaps.shape
         maps = np.ascontiguousarray(heatmaps, dtype=np.float32).reshape(n * k, h, w)
-        locs, scores = heatmap_maximum(maps)
         if self.kind == "msra":
+            locs, scores = heatmap_maximum(maps)
             locs = _refine_msra(locs, maps)
-        elif self.kind == "dark":
-            locs = _refine_dark(locs, maps, scores, self.blur_kernel_size)
-        else:
-            locs = _refine_udp(locs, maps, scores, self.blur_kernel_size, per_instance=k)
+        else:  # the blur's bounds need each map's row maxima, which also give the maximum
+            scanned = scan(maps)
+            locs, scores = heatmap_maximum(maps, scanned)
+            if self.kind == "dark":
+                locs = _refine_dark(locs, maps, scores, self.blur_kernel_size, scanned)
+            else:
+                locs = _refine_udp(locs, maps, scores, self.blur_kernel_size, k, scanned)
         locs = locs.reshape(n, k, 2)
         if self.kind == "udp":
             width, height = self.heatmap_size

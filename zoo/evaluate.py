@@ -628,7 +628,8 @@ def _infer_group(
                 batch_size=row_pass.batch_size, data_path="fast",
                 decode=row_pass.decoder.path, world=world, decode_note=row_pass.decoder.note,
                 oom_retries=row_pass.oom_retries, shared=stats.rows, resumed_at=row_pass.start,
-                decode_workers=stats.decode_workers, decode_processes=stats.decode_processes, data_s=stats.data_s,
+                decode_workers=stats.decode_workers, data_s=stats.data_s,
+                decode_processes=stats.decode_processes and row_pass.decoder.wants_processes,
                 cuda_graphs=_graphs_state(prepared.numerics, row_pass.model),
             )  # fmt: skip
             out[prepared.row.id] = (Instances.concat([*parts, decoded[prepared.row.id]]), facts)

@@ -253,6 +253,15 @@ class Decoder:
         self._checked = threading.Event()
         self._lock = threading.Lock()
 
+    @property
+    def wants_processes(self) -> bool:
+        """Whether a `DecodePool` pays for this decode: it does when decoding a batch costs more than
+        copying its heatmaps into shared memory. DARK and UDP blur (measured on 2 cores: two processes
+        1.0-1.2x one thread, where two threads gave 0.7x: cv2 contends with itself); plain MSRA is an
+        argmax and a few reads, cheaper than the copy (two processes 0.7x one thread, two threads
+        1.8x), so it stays in the decode threads."""
+        return self.fast is not None and self.fast.kind != "msra"
+
     def _mmpose(self, heatmaps: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         out = [self.codec.decode(hm) for hm in heatmaps]
         return np.concatenate([k for k, _ in out]), np.concatenate([s for _, s in out])
@@ -333,9 +342,7 @@ class PassStats:
     first_chunk_s: float = 0.0  # until the first crops arrived (data workers starting)
     data_s: float = 0.0  # the main thread waiting for crops (all of the data path with 0 workers)
     decode_workers: int = 0
-    decode_processes: bool = (
-        False  # False: decoded in threads (no fork here, or nothing to decode with zoo.decode)
-    )
+    decode_processes: bool = False  # a DecodePool ran (for the rows whose decoder wants_processes)
     rows: list[str] = field(default_factory=list)
 
     @property
@@ -396,7 +403,8 @@ class DecodePool:
     array), and measured on 2 cores two decode threads gave 1.45x one thread where two processes
     gave 2.2x. A batch's heatmaps are copied into one of the pool's shared buffers (anonymous shared
     memory made before the workers fork, so nothing is named, leaked or tracked), a worker decodes
-    them there and sends back the keypoints and scores (kilobytes). Where `fork` is not available
+    them there and sends back the keypoints and scores (kilobytes). Only decoders that
+    `wants_processes` (DARK, UDP) use it; MSRA decodes in the threads. Where `fork` is not available
     the pool is not used (`available()`), and decoding runs in threads.
     """
 
@@ -586,14 +594,15 @@ def run_pass(
     threads = decode_workers or decode_workers_for(device, workers)
     stats = PassStats(decode_workers=threads, rows=[r.row_id for r in rows])
     decode_pool = None
-    if DecodePool.available() and any(r.decoder.fast is not None for r in rows):
+    pooled = [r for r in rows if r.decoder.wants_processes]
+    if DecodePool.available() and pooled:
         slot = max(
             r.batch_size * len(r.model.flip_indices) * int(np.prod(r.model.codec.heatmap_size)) * 4
-            for r in rows
+            for r in pooled
         )
         decode_pool = DecodePool(threads, slot)
         stats.decode_processes = True
-        for r in rows:
+        for r in pooled:
             r.decoder.pool = decode_pool
     input_size = CropRecipe.from_pipeline(dataset.pipeline.transforms).input_size  # TopdownAffine's (w, h)
     first = min((r.start for r in rows), default=0)
