@@ -251,8 +251,8 @@ def _markdown(summary: dict[str, Any], rows: list[dict[str, Any]]) -> str:
         f"{summary['load_average'][0]} / {summary['load_average'][1]} (the machine may be shared)",
         "- Stage: heatmaps -> keypoints and scores in image coordinates -> the per-box values the metric keeps.",
         "  Reference: `BaseHead.decode` + `add_pred_to_datasample` + the metric's per-box values (one thread, as",
-        "  mmpose runs it). Fast: `zoo.inference.Decoder` + `to_image`, on one thread and in the decode processes",
-        "  (`DecodePool`, heatmaps copied into shared memory) as `zoo run` runs it; the decoder's one-time check",
+        "  mmpose runs it). Fast: `zoo.inference.Decoder` + `to_image`, on one thread and on the decode workers",
+        "  as `zoo run` runs them (processes fed through shared memory, or threads); the decoder's one-time check",
         "  against mmpose's decode (its first batch of a run: 1 in ~3,250 at full scale) is done before timing.",
         "",
         "| codec (row) | weights | rows | ms/box mmpose | ms/box zoo, 1 thread | ms/box zoo, decode workers | "

@@ -256,10 +256,10 @@ class Decoder:
     @property
     def wants_processes(self) -> bool:
         """Whether a `DecodePool` pays for this decode: it does when decoding a batch costs more than
-        copying its heatmaps into shared memory. DARK and UDP blur (measured on 2 cores: two processes
-        1.0-1.2x one thread, where two threads gave 0.7x: cv2 contends with itself); plain MSRA is an
-        argmax and a few reads, cheaper than the copy (two processes 0.7x one thread, two threads
-        1.8x), so it stays in the decode threads."""
+        copying its heatmaps into shared memory. DARK and UDP blur (on 2 cores two processes ran at
+        0.8-1.3x one thread, two threads at 0.7-0.9x; processes are for the many cores of a GPU host);
+        plain MSRA is an argmax and a few reads, cheaper than the copy (two processes 0.6x one
+        thread, two threads 1.8x), so it stays in the decode threads."""
         return self.fast is not None and self.fast.kind != "msra"
 
     def _mmpose(self, heatmaps: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -400,8 +400,8 @@ class DecodePool:
 
     Why processes: decoding allocates and frees tens of MB per batch; in threads of one process
     those allocations contend (the GIL between numpy calls, the process's memory map for every large
-    array), and measured on 2 cores two decode threads gave 1.45x one thread where two processes
-    gave 2.2x. A batch's heatmaps are copied into one of the pool's shared buffers (anonymous shared
+    array; measured with the earlier, slower DARK decode on 2 cores: two threads 1.45x one thread,
+    two processes 2.2x). A batch's heatmaps are copied into one of the pool's shared buffers (anonymous shared
     memory made before the workers fork, so nothing is named, leaked or tracked), a worker decodes
     them there and sends back the keypoints and scores (kilobytes). Only decoders that
     `wants_processes` (DARK, UDP) use it; MSRA decodes in the threads. Where `fork` is not available
