@@ -224,32 +224,46 @@ def test_sigkill_at_random_points_resumes_to_identical_predictions(
     assert reference.returncode == 0, reference.stderr[-3000:]
     whole = time.monotonic() - started
     runs = tmp_path / "runs"
+
+    def kill(proc: subprocess.Popen) -> None:
+        proc.send_signal(signal.SIGKILL)
+        try:
+            proc.communicate(timeout=30)
+        except subprocess.TimeoutExpired:
+            pytest.fail("30 s after the SIGKILL its output is still open: a child process outlived it")
+        _assert_whole_files(runs)
+
     rng = random.Random(20261204)
     # Kill moments as fractions of an uninterrupted run, so they land inside a run on any machine. A
     # rerun resumes and so is shorter than the whole run: once one finishes before its kill, it is the
-    # completing run, and it must have resumed from the chunks its killed predecessors left.
-    kills, finished = 0, None
+    # completing run. Where the kills land (imports, build, pass, writing) depends on the machine's
+    # pace, so what the completing run must resume is read from the disk it starts on.
+    kills, finished = 0, False
     for fraction in sorted(rng.uniform(0.3, 0.75) for _ in range(4)):
+        left = _resumable(runs, rows)
         proc = _zoo(*args(runs))
         try:
             _, stderr = proc.communicate(timeout=fraction * whole)
         except subprocess.TimeoutExpired:
-            proc.send_signal(signal.SIGKILL)
-            try:
-                proc.communicate(timeout=30)
-            except subprocess.TimeoutExpired:
-                pytest.fail("30 s after the SIGKILL its output is still open: a child process outlived it")
-            _assert_whole_files(runs)
+            kill(proc)
             kills += 1
         else:
-            finished = proc
+            finished = True
             break
     assert kills >= 1, f"the first run finished before {0.3 * whole:.1f} s, under a third of the reference's"
-    if finished is None:
+    if not finished:
+        committed = all((runs / row_id / "predictions.done.json").exists() for row_id in rows)
+        if not committed and not _resumable(runs, rows):  # the kills missed the pass: kill after a chunk
+            proc = _zoo(*args(runs))
+            _wait_for(proc, lambda: _resumable(runs, rows))
+            kill(proc)
+            assert _resumable(runs, rows), "a run killed after writing a chunk must leave it resumable"
+        left = _resumable(runs, rows)
         proc = _zoo(*args(runs))
         _, stderr = proc.communicate(timeout=900)
     assert proc.returncode == 0, stderr[-3000:]
-    chunks_used = _checkpointed_resumes(stderr)
+    resumed = {line.split(":")[0] for line in _checkpointed_resumes(stderr)}
+    assert resumed == set(left), f"left chunks for {sorted(left)}, resumed {sorted(resumed)}"
     for row_id in rows:
         ours = (runs / row_id / "predictions.json.gz").read_bytes()
         assert ours == (tmp_path / "ref" / row_id / "predictions.json.gz").read_bytes(), row_id
@@ -257,7 +271,24 @@ def test_sigkill_at_random_points_resumes_to_identical_predictions(
         want = json.loads((tmp_path / "ref" / row_id / "result.json").read_text())
         assert record["metrics"] == want["metrics"]
         assert not list((runs / row_id).glob("partial-*")), "chunks are removed once the predictions exist"
-    assert chunks_used, "the last rerun must have resumed from checkpointed chunks"
+
+
+def _resumable(runs: Path, rows: tuple[str, ...]) -> list[str]:
+    """The rows a rerun must resume from checkpointed chunks: an index listing a chunk, and no
+    committed predictions (a row whose predictions are committed is only re-evaluated)."""
+    out = []
+    for row_id in rows:
+        if (runs / row_id / "predictions.done.json").exists():
+            continue
+        for index in (runs / row_id).glob("partial-*/index.json"):
+            try:
+                chunks = json.loads(index.read_text())["chunks"]
+            except (OSError, ValueError):  # mid-replace: not resumable yet
+                continue
+            if chunks:
+                out.append(row_id)
+                break
+    return out
 
 
 def _checkpointed_resumes(stderr: str) -> list[str]:
