@@ -324,23 +324,36 @@ def test_ctrl_c_keeps_the_decoded_batches(local_zoo, busy_root, tmp_path: Path) 
     periodic checkpoint due), and the rerun resumes after them."""
     mdir = local_zoo("res50-256x192")
     runs = tmp_path / "runs"
-    common = [
-        "run", "res50-256x192", "--manifests", str(mdir), "--data-root", str(busy_root), "--out", str(runs),
-        "--cache", str(tmp_path / "cache"), "--workers", "0", "--no-progress", "--batch-size", "2",
-        "--checkpoint-every", "100000",
-    ]  # fmt: skip
-    proc = _zoo(*common)
-    started = time.monotonic()
-    while "boxes on cpu" not in (line := proc.stderr.readline()):
-        assert line or proc.poll() is None, proc.communicate()[1][-3000:]
-        assert time.monotonic() - started < 300
-    time.sleep(6.0)  # a few batches
+
+    def args(out: Path) -> list[str]:
+        return [
+            "run", "res50-256x192", "--manifests", str(mdir), "--data-root", str(busy_root), "--out", str(out),
+            "--cache", str(tmp_path / "cache"), "--workers", "0", "--no-progress", "--batch-size", "2",
+            "--checkpoint-every", "100000",
+        ]  # fmt: skip
+
+    def start(out: Path) -> tuple[subprocess.Popen, float]:
+        """A run and the moment its pass began."""
+        proc = _zoo(*args(out))
+        started = time.monotonic()
+        while "boxes on cpu" not in (line := proc.stderr.readline()):
+            assert line or proc.poll() is None, proc.communicate()[1][-3000:]
+            assert time.monotonic() - started < 300
+        return proc, time.monotonic()
+
+    # The interrupt lands halfway through the pass as an uninterrupted run times it on this machine.
+    proc, began = start(tmp_path / "timing")
+    _, stderr = proc.communicate(timeout=600)
+    assert proc.returncode == 0, stderr[-3000:]
+    pass_s = time.monotonic() - began
+    proc, began = start(runs)
+    time.sleep(max(0.0, began + 0.5 * pass_s - time.monotonic()))
     proc.send_signal(signal.SIGINT)
     _, stderr = proc.communicate(timeout=300)
     assert proc.returncode == 130, stderr[-3000:]
     assert "zoo: interrupted" in stderr and not (runs / "res50-256x192" / "result.json").exists()
     assert list((runs / "res50-256x192").glob("partial-*/chunk-*.npz"))
-    proc = _zoo(*common)
+    proc = _zoo(*args(runs))
     _, stderr = proc.communicate(timeout=600)
     assert proc.returncode == 0, stderr[-3000:]
     (line,) = _checkpointed_resumes(stderr)
