@@ -177,6 +177,19 @@ def test_every_edited_field_is_named_with_both_values(runs, capsys, tmp_path: Pa
     assert _line(out, "environment.packages.xtcocotools.path").endswith("| `/elsewhere/xtcocotools` |")
 
 
+def test_the_same_checkpoint_from_another_url_is_not_a_difference(runs, capsys, tmp_path: Path) -> None:
+    """Same sha256 from a mirror (or the demo's loopback server on another port): not listed unless
+    --all-fields; the same URL with other bytes stays a difference (previous test)."""
+    a = _record(runs["det"])
+    b = copy.deepcopy(a)
+    b["checkpoint"]["url"] = "https://mirror.example.org/" + a["checkpoint"]["url"].rsplit("/", 1)[1]
+    pa, pb = _write(tmp_path / "a", a), _write(tmp_path / "b", b)
+    code, out, _ = _diff(capsys, pa, pb)
+    assert code == 0 and "checkpoint.url" not in out
+    code, out, _ = _diff(capsys, pa, pb, "--all-fields")
+    assert _line(out, "checkpoint.url").endswith(f"| `{b['checkpoint']['url']}` |")
+
+
 @pytest.mark.slow
 def test_folders_match_rows_and_list_the_rest(runs, capsys, tmp_path: Path) -> None:
     record = _record(runs["det"])

@@ -12,8 +12,9 @@ each other field by field, from their JSON exactly as it is on disk:
   Left out: the metrics and per-keypoint numbers (shown as deltas), the digests of what is compared
   leaf by leaf (`fingerprint_digest`, the config digest), fingerprint fields that only mirror a
   record field with the same change, and, unless `all_fields`, the volatile fields
-  (`zoo.results.VOLATILE`: clocks, timings, the shared pass; the command line is kept) and where
-  things were installed or cached. Timings go to a separate speed line instead.
+  (`zoo.results.VOLATILE`: clocks, timings, the shared pass; the command line is kept), where
+  things were installed or cached, and the checkpoint's URL when its sha256 is the same (the same
+  bytes from a mirror). Timings go to a separate speed line instead.
 * per keypoint: when both records carry `per_keypoint`, the per-part OKS/PCK deltas and the
   keypoints whose OKS dropped most.
 
@@ -324,11 +325,21 @@ def _changes(ja: Mapping[str, Any], jb: Mapping[str, Any], *, all_fields: bool) 
             continue  # the config is compared key by key
         if not all_fields and (_is_volatile(path) or _is_location(path)):
             continue
+        if not all_fields and path == "checkpoint.url" and _same(*_checkpoint_sha256(ja, jb)):
+            continue  # the same bytes from another place (a mirror, a loopback server's port)
         canonical = _mirror_of(path)
         if canonical is not None and _same(pairs.get(canonical), (x, y)):
             continue
         kept.append(Change(path, section_of(path), x, y))
     return sorted(kept, key=lambda c: _place(c.field)[1:])  # stable: record order within a prefix
+
+
+def _checkpoint_sha256(ja: Mapping[str, Any], jb: Mapping[str, Any]) -> tuple[Any, Any]:
+    def sha(j: Mapping[str, Any]) -> Any:
+        checkpoint = j.get("checkpoint")
+        return checkpoint.get("sha256", ABSENT) if isinstance(checkpoint, dict) else ABSENT
+
+    return sha(ja), sha(jb)
 
 
 def _walk(a: Any, b: Any, path: str, out: list[tuple[str, Any, Any]]) -> None:
