@@ -24,7 +24,7 @@ def _records() -> dict[str, Record]:
         R50.id: ok_record(R50, {"whole.ap": -0.0123, "hand.ar": 0.0004}, box_source="det", environment=ENV,
                           inference={"crops_per_s": 41.25, "device": "cuda"}, timings={"total_s": 60.0}),
         W48.id: ok_record(W48, {"body.ap": 0.03}, box_source="det", environment={**ENV, "git_commit": "def456"},
-                          inference={"crops_per_s": 12.5, "device": "cuda"}),
+                          inference={"crops_per_s": 12.5, "device": "cuda", "shared_pass": [R50.id]}),
         "res152-256x192": error_record(M.row("res152-256x192")),
         UBODY.id: skipped_record(UBODY),
     }  # fmt: skip
@@ -72,6 +72,8 @@ def test_report_content(tmp_path: Path) -> None:
     # (b) reproduction: status, box source, throughput per row; every published metric with Δ and status
     cells = _cells(text)
     assert ["res50-256x192", "ResNet-50", "256x192", "det", "FAIL", "41.25", "cuda"] in [c[:7] for c in cells]
+    # a pass shared by rows runs all their models on each crop: its pace says it is theirs together
+    assert [W48.id, "12.50 (pass of 2 rows)", "cuda"] in [[c[0], *c[5:7]] for c in cells]
     assert [
         "res152-256x192",
         "ResNet-152",

@@ -124,6 +124,19 @@ def _throughput(record: Record | None) -> float | None:
     return float(value) if isinstance(value, int | float) and math.isfinite(value) else None
 
 
+def _speed_cell(speed: float | None, record: Record | None) -> str:
+    """The pass's pace; a pass shared by several rows runs every one of their models on each crop,
+    so its pace is theirs together and says so (it reads as a slowdown otherwise)."""
+    if speed is None:
+        return "n/a"
+    shared = record.inference.get("shared_pass") if record is not None else None
+    return (
+        f"{speed:.2f} (pass of {len(shared) + 1} rows)"
+        if isinstance(shared, list) and shared
+        else f"{speed:.2f}"
+    )
+
+
 def _rows_table(rows: Sequence[Row], comparison: Comparison, records: Mapping[str, Record]) -> str:
     checks = {c.row_id: c for c in comparison.rows}
     lines = []
@@ -140,7 +153,7 @@ def _rows_table(rows: Sequence[Row], comparison: Comparison, records: Mapping[st
                 row.input_size_text,
                 (rec.box_source if rec is not None else None) or row.boxes,
                 check.status,
-                "n/a" if speed is None else f"{speed:.2f}",
+                _speed_cell(speed, rec),
                 device,
                 check.detail().replace("|", "\\|"),
             ]
@@ -399,6 +412,8 @@ def render_report(
         render_section(table, measured_values(rows, records), absolute_links=True),
         "## Reproduction\n",
         _rows_table(rows, comparison, records) + "\n",
+        "crops/s: the steady pace of the row's pass over the crops; rows that share a pass (same data "
+        "pipeline, run together) run all their models on each crop, so that pace is theirs together.\n",
         "What each record measured (checkpoint sha256, box source, data, subset); STALE rows measured "
         "something other than the row requires now:\n",
         _provenance_table(rows, comparison, records) + "\n",
