@@ -149,7 +149,7 @@ def _edge_cases(h: int, w: int, k: int) -> np.ndarray:
     for i in range(k):
         y = 10 + i % (h - 20)
         near_band[i, y, w // 2] = 1.0
-        near_band[i, min(h - 1, y + 6 + i % 6), w // 3] = 0.999 - 0.05 * (i % 3)
+        near_band[i, min(h - 1, y + 4 + i % 8), w // 3] = 0.999 - 0.05 * (i % 3)  # 4..11 rows below
     cases.append(near_band)
     spike = np.zeros((k, h, w), np.float32)
     spike[:, h // 3, w // 3] = np.linspace(1e-6, 1e6, k, dtype=np.float32)

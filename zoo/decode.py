@@ -62,6 +62,13 @@ def _probe_scalar_type() -> type | None:
 
 _SCALAR = _probe_scalar_type()  # np.float64 under numpy 1, np.float32 under numpy 2
 _CHUNK_PIXELS = 1 << 21  # padded pixels per blur call: a few MiB, cache-sized
+# Rows either side of a map's maximum blurred in its band (`modulated_taps`). DARK reads 2 rows either
+# side; the rows beyond the band must be ruled out by their bound, which is loose (the row's maximum
+# times the kernel's whole width). For a peak like the codecs' targets (sigma 2 at 64x48) a row 2 away
+# is not ruled out and the map is blurred whole; from 3 away it is. Measured on recorded maps of the
+# fitted models (ms/box, one thread): half-height 2: DARK 3.70 (fallbacks), 3: 1.78, 4: 1.85, 5 (the
+# kernel's radius, before): 2.19. The bytes do not depend on it: a map not ruled out is blurred whole.
+_BAND_HALF = 3
 
 
 def _blur_stacked(padded: np.ndarray, kernel: int) -> np.ndarray:
@@ -78,11 +85,18 @@ def _blur_stacked(padded: np.ndarray, kernel: int) -> np.ndarray:
 
 
 def scan(maps: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Each map's row maxima (M, H) and minimum (M,): one pass of cv2's row reduction (exact: a
-    maximum rounds nothing) and one of numpy's flat minimum, which propagates NaN, so a map holding
-    NaN is known by its minimum (cv2's maximum may skip it)."""
+    """Each map's row maxima (M, H) and minimum (M,), both exact (a maximum rounds nothing).
+
+    The row maxima are torch's `amax` over rows of a few dozen pixels: one vectorised pass, 2.6x
+    faster than cv2's row reduction and 3x numpy's on one core. A map holding NaN has a NaN row
+    maximum there and a NaN minimum (numpy's flat minimum propagates it), which is how it is known.
+    Runs where torch's thread pool is usable: in `zoo run` it is called in the main process, before
+    a batch goes to a `DecodePool` worker (a forked child must not start torch's threads).
+    """
+    import torch
+
     m, h, w = maps.shape
-    row_max = cv2.reduce(maps.reshape(m * h, w), 1, cv2.REDUCE_MAX).reshape(m, h)
+    row_max = torch.from_numpy(maps).view(m * h, w).amax(dim=1).numpy().reshape(m, h)
     return row_max, maps.reshape(m, -1).min(axis=1)
 
 
@@ -96,10 +110,13 @@ def _row_bounds(row_max: np.ndarray, size: np.ndarray, kernel: int) -> np.ndarra
     kernel's total weight squared times the map's largest magnitude `size` (the rounding is below
     1e-5 of it).
     """
-    b = (kernel - 1) // 2
-    weights = cv2.getGaussianKernel(kernel, 0, cv2.CV_32F).astype(np.float64).ravel() * (1 + 1e-6)
-    high = np.pad(np.maximum(row_max, 0).astype(np.float64), ((0, 0), (b, b)))
-    bound = np.lib.stride_tricks.sliding_window_view(high, kernel, axis=1) @ weights
+    weights = cv2.getGaussianKernel(kernel, 0, cv2.CV_32F).astype(np.float64).ravel() * (1 + 1e-5)
+    high = np.maximum(row_max, 0)
+    # a correlation along each map's rows, zeros beyond them, in float32: its rounding (a sum of
+    # `kernel` non-negative terms, relative error below kernel * 2**-24) is inside the weights' 1e-5
+    bound = cv2.filter2D(
+        high, cv2.CV_32F, weights.astype(np.float32)[None, :], borderType=cv2.BORDER_CONSTANT
+    ).astype(np.float64)
     total = weights.sum()
     return (bound + 1e-4 * total * size[:, None]) * total
 
@@ -117,9 +134,9 @@ def modulated_taps(
 
     `maxima` are the maps' maxima (mmpose's `origin_max`), `rows` the row of each map's maximum and
     `scanned` the maps' `scan`. Blurring a whole map is only needed for its maximum, and the maximum
-    of a peaked map lies near its peak. So each map is first blurred in a band of 2b+1 rows around
-    `rows` (a band is blurred exactly as inside the whole map: the kept rows read only real padded
-    rows, and cv2's arithmetic depends on the column, not the row). A row outside the band can only
+    of a peaked map lies near its peak. So each map is first blurred in a band of 2 * `_BAND_HALF` + 1
+    rows around `rows` (a band is blurred exactly as inside the whole map: the kept rows read only real
+    padded rows, and cv2's arithmetic depends on the column, not the row). A row outside the band can only
     hold the maximum if its upper bound, the kernel's total weight times the largest value within b
     rows (zero padding included), plus a margin far above float32 rounding, reaches the band's
     maximum. Maps where that is possible, or that are not finite, or whose taps leave the band, are
@@ -127,15 +144,16 @@ def modulated_taps(
     """
     m, h, w = maps.shape
     b = (kernel - 1) // 2
-    band = min(2 * b + 1, h)
-    start = np.clip(rows - b, 0, h - band)
+    half = min(_BAND_HALF, b)
+    band = min(2 * half + 1, h)
+    start = np.clip(rows - half, 0, h - band)
     # band: input rows start-b .. start+band+b-1 of each map, zero outside it, zero columns either side
     src = start[:, None] + np.arange(-b, band + b)
-    picked = maps.reshape(m * h, w).take((np.arange(m)[:, None] * h + np.clip(src, 0, h - 1)).ravel(), axis=0)
-    picked.reshape(m, -1, w)[(src < 0) | (src >= h)] = 0
-    padded = cv2.copyMakeBorder(picked, 0, 0, b, b, cv2.BORDER_CONSTANT, value=0).reshape(m, band + 2 * b, -1)
+    padded = np.zeros((m, band + 2 * b, w + 2 * b), dtype=np.float32)
+    padded[:, :, b:-b] = maps.reshape(m * h, w)[(np.arange(m)[:, None] * h + np.clip(src, 0, h - 1))]
+    padded[(src < 0) | (src >= h)] = 0
     banded = _blur_stacked(padded, kernel)[:, b : b + band, b:-b]
-    band_max = banded.reshape(m, -1).max(axis=1)
+    band_max = banded.max(axis=(1, 2))
 
     row_max, low = scanned
     bound = _row_bounds(row_max, np.maximum(np.abs(maxima), np.abs(low)), kernel)
@@ -384,16 +402,25 @@ class BatchDecoder:
         detail = f" (heatmap_type={codec.heatmap_type!r})" if name == "UDPHeatmap" else ""
         raise UnsupportedCodec(f"codec {name}{detail} is not reproduced by zoo.decode; mmpose decodes it")
 
-    def decode(self, heatmaps: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    @property
+    def scans(self) -> bool:
+        """Whether `decode` needs the maps' `scan` (the blurring codecs: their bounds need each map's
+        row maxima, which also give the maximum)."""
+        return self.kind != "msra"
+
+    def decode(
+        self, heatmaps: np.ndarray, scanned: tuple[np.ndarray, np.ndarray] | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
         """(N, K, 2) keypoints in the model's input space and (N, K) scores, as the codec gives them
-        instance by instance (float32 for MSRA/DARK, float64 for UDP). `heatmaps` is left untouched."""
+        instance by instance (float32 for MSRA/DARK, float64 for UDP). `heatmaps` is left untouched.
+        `scanned`: the (N*K, H, W) maps' `scan`, when the caller has made it (else made here)."""
         n, k, h, w = heatmaps.shape
         maps = np.ascontiguousarray(heatmaps, dtype=np.float32).reshape(n * k, h, w)
-        if self.kind == "msra":
+        if not self.scans:
             locs, scores = heatmap_maximum(maps)
             locs = _refine_msra(locs, maps)
-        else:  # the blur's bounds need each map's row maxima, which also give the maximum
-            scanned = scan(maps)
+        else:
+            scanned = scan(maps) if scanned is None else scanned
             locs, scores = heatmap_maximum(maps, scanned)
             if self.kind == "dark":
                 locs = _refine_dark(locs, maps, scores, self.blur_kernel_size, scanned)

@@ -368,9 +368,11 @@ def decode_workers_for(device: str, workers: int) -> int:
 _SLOTS: list[Any] = []  # the pool's shared buffers, inherited by its forked worker processes
 
 
-def _worker_decode(slot: int, shape: tuple[int, ...], decoder: Any) -> tuple[np.ndarray, np.ndarray]:
+def _worker_decode(
+    slot: int, shape: tuple[int, ...], decoder: Any, scanned: Any
+) -> tuple[np.ndarray, np.ndarray]:
     heatmaps = np.frombuffer(_SLOTS[slot], dtype=np.float32, count=int(np.prod(shape))).reshape(shape)
-    return decoder.decode(heatmaps)
+    return decoder.decode(heatmaps, scanned)
 
 
 def _worker_ready() -> int:
@@ -437,14 +439,19 @@ class DecodePool:
         return "fork" in multiprocessing.get_all_start_methods()
 
     def decode(self, decoder: Any, heatmaps: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """`decoder.decode(heatmaps)`, computed in a worker process."""
+        """`decoder.decode(heatmaps)`, computed in a worker process; the maps' `scan` (torch) is made
+        here, in the calling process, and sent along."""
+        from zoo.decode import scan
+
         if heatmaps.nbytes > self.slot_bytes:
             return decoder.decode(heatmaps)  # larger than planned for: decode here
         slot = self.free.get()
         try:
             view = np.frombuffer(_SLOTS[slot], dtype=np.float32, count=heatmaps.size).reshape(heatmaps.shape)
             np.copyto(view, heatmaps, casting="no")
-            return self.executor.submit(_worker_decode, slot, heatmaps.shape, decoder).result()
+            n, k, h, w = heatmaps.shape
+            scanned = scan(view.reshape(n * k, h, w)) if decoder.scans else None
+            return self.executor.submit(_worker_decode, slot, heatmaps.shape, decoder, scanned).result()
         finally:
             self.free.put(slot)
 
