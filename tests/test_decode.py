@@ -89,12 +89,12 @@ class BlurPaths:
         self.band = self.whole = 0
         real = decode._blur_stacked
 
-        def spy(padded: np.ndarray, kernel: int) -> np.ndarray:
+        def spy(padded: np.ndarray, kernel: int, out: np.ndarray | None = None) -> np.ndarray:
             if padded.shape[1] - (kernel - 1) < height:
                 self.band += len(padded)
             else:
                 self.whole += len(padded)
-            return real(padded, kernel)
+            return real(padded, kernel, out)
 
         monkeypatch.setattr(decode, "_blur_stacked", spy)
 
@@ -340,3 +340,22 @@ def test_decode_pool_gives_the_in_process_bytes_and_only_blurring_codecs_use_it(
         pool.close()
     for keypoints, scores in got:
         assert _same(keypoints, expected[0]) and _same(scores, expected[1])
+
+
+def test_band_rows_are_the_rows_asked_for_with_zeros_outside_the_map() -> None:
+    """`_band_rows` gathers blocks from a view across map boundaries; every block, including those
+    reaching past a map's edge, past the batch's ends, or longer than the batch, is the plain
+    definition: rows `first..first+count-1` of its own map, zero outside it."""
+    from zoo.decode import _band_rows
+
+    rng = np.random.default_rng(0)
+    for m, h in [(1, 5), (1, 64), (3, 10), (50, 64), (2, 17)]:
+        maps = rng.random((m, h, 4)).astype(np.float32) + 1  # no zeros of their own
+        for count in (3, 7, 17, 21):
+            first = rng.integers(-count, h, m)
+            first[0], first[-1] = -2, h - 1  # the batch's ends
+            src = first[:, None] + np.arange(count)
+            inside = (src >= 0) & (src < h)
+            want = np.where(inside[:, :, None], maps[np.arange(m)[:, None], np.clip(src, 0, h - 1)], 0)
+            got = _band_rows(maps, first, count)
+            assert got.shape == (m, count, 4) and np.array_equal(got, want), (m, h, count)
