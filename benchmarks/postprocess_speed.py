@@ -7,7 +7,8 @@ What is compared, on the same recorded heatmaps (every path in its own process):
   fast       what `zoo run` does: `zoo.inference.Decoder` (`zoo.decode`, vectorised, checked against
              mmpose's decode on the first batch, a check done before timing) + `zoo.decode.to_image`
              into `Instances`, on as many decode workers as the machine has cores, as the pipeline
-             runs them (processes for the codecs that blur, `Decoder.wants_processes`; threads for
+             runs them (a process pool for the codecs that blur, `Decoder.wants_processes`, from
+             `POOL_MIN_WORKERS` workers on, below it one batch at a time in the threads; threads for
              MSRA); also timed on one thread.
 The heatmaps are recorded from the real architectures of the 12 rows (one row per codec: MSRA 64x48,
 DARK 64x48, DARK 96x72, UDP 64x48) on crops of a synthetic COCO-sized set, with two kinds of weights:
@@ -16,7 +17,7 @@ DARK 64x48, DARK 96x72, UDP 64x48) on crops of a synthetic COCO-sized set, with 
   random  seeded random weights: nearly flat maps, the worst case for `zoo.decode`'s banded blur.
 Both paths' keypoints and scores are hashed byte for byte and compared. `postprocess_speedup` is the
 fitted-weights speedup over the table's codec mix (8 MSRA rows, 2 DARK 64x48, 1 DARK 96x72, 1 UDP,
-the same boxes each), with as many decode processes as the machine has cores (the stage alone).
+the same boxes each), with as many decode workers as the machine has cores (the stage alone).
 
     python -m benchmarks.postprocess_speed                 # 6 batches of 32 per codec
     python -m benchmarks.postprocess_speed --batches 2 --repeats 1
@@ -167,7 +168,7 @@ def worker(path: str, folder: Path, batches: int, repeats: int, threads: int) ->
     import warnings
     from concurrent.futures import ThreadPoolExecutor
 
-    from zoo.inference import DecodePool, Decoder, _decode_job
+    from zoo.inference import POOL_MIN_WORKERS, DecodePool, Decoder, _decode_job
 
     warnings.simplefilter("ignore", RuntimeWarning)  # mmpose's own 0/0 on flat maps
     out: dict[str, Any] = {}
@@ -196,7 +197,10 @@ def worker(path: str, folder: Path, batches: int, repeats: int, threads: int) ->
                         slot = max(b["heatmaps"].nbytes for b in data)
                         decode_pool = (
                             DecodePool(n, slot)
-                            if label == "threads" and DecodePool.available() and decoder.wants_processes
+                            if label == "threads"
+                            and DecodePool.available()
+                            and decoder.wants_processes
+                            and n >= POOL_MIN_WORKERS
                             else None
                         )
                         decoder.pool = decode_pool
@@ -246,7 +250,8 @@ def _markdown(summary: dict[str, Any], rows: list[dict[str, Any]]) -> str:
         "- Packages: " + ", ".join(f"{k} {v}" for k, v in m["packages"].items()),
         f"- Heatmaps: recorded from the real architectures (one row per codec) on crops of a synthetic set, "
         f"{summary['batches']} batches of {BATCH} per case; medians of {summary['repeats']} repeats",
-        f"- Decode workers (fast path, as `zoo run`: processes for DARK and UDP, threads for MSRA): "
+        f"- Decode workers (fast path, as `zoo run`: threads for MSRA; for DARK and UDP a process pool from "
+        f"{summary['pool_min_workers']} workers on, below it one batch at a time): "
         f"{summary['threads']}; load average before / after: "
         f"{summary['load_average'][0]} / {summary['load_average'][1]} (the machine may be shared)",
         "- Stage: heatmaps -> keypoints and scores in image coordinates -> the per-box values the metric keeps.",
@@ -283,6 +288,7 @@ def run(
     seed: int = 0,
     out: Path = _common.RESULTS_DIR,
 ) -> dict[str, Any]:
+    from zoo.inference import POOL_MIN_WORKERS
 
     threads = threads or len(os.sched_getaffinity(0))  # the stage alone: every core decodes
     load_before = os.getloadavg()[0]
@@ -337,6 +343,7 @@ def run(
         "batches": batches,
         "repeats": repeats,
         "threads": threads,
+        "pool_min_workers": POOL_MIN_WORKERS,
         "load_average": [round(load_before, 2), round(os.getloadavg()[0], 2)],
         "postprocess_speedup": mix("fitted", "fast_threads_ms_per_box"),
         "postprocess_speedup_one_thread": mix("fitted", "fast_one_thread_ms_per_box"),
@@ -349,7 +356,7 @@ def run(
         "postprocess_speedup": round(summary["postprocess_speedup"], 2),
         "postprocess_identical": summary["postprocess_identical"],
         "runs": {"postprocess_speed": {k: summary[k] for k in (
-            "date", "machine", "batches", "repeats", "threads", "load_average",
+            "date", "machine", "batches", "repeats", "threads", "pool_min_workers", "load_average",
             "postprocess_speedup_one_thread", "postprocess_speedup_random_weights",
         )} | {"cases": rows}},
     })  # fmt: skip

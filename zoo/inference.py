@@ -252,13 +252,13 @@ class Decoder:
             self.fast, self.path, self.note = None, "mmpose", str(exc)
         self._checked = threading.Event()
         self._lock = threading.Lock()
+        self._one_at_a_time = threading.Lock()
 
     @property
     def wants_processes(self) -> bool:
-        """Whether a `DecodePool` pays for this decode: it does when decoding a batch costs more than
-        copying its heatmaps into shared memory. DARK and UDP blur (on 2 cores two processes ran at
-        0.8-1.3x one thread, two threads at 0.7-0.9x; processes are for the many cores of a GPU host);
-        plain MSRA is an argmax and a few reads, cheaper than the copy (two processes 0.6x one
+        """Whether this decode belongs in a `DecodePool` (when the pass has one, `POOL_MIN_WORKERS`):
+        DARK and UDP blur, which costs more than copying the heatmaps into shared memory; plain MSRA
+        is an argmax and a few reads, cheaper than the copy (on 2 cores two processes 0.6x one
         thread, two threads 1.8x), so it stays in the decode threads."""
         return self.fast is not None and self.fast.kind != "msra"
 
@@ -279,7 +279,14 @@ class Decoder:
         return self._fast(heatmaps)
 
     def _fast(self, heatmaps: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        return self.pool.decode(self.fast, heatmaps) if self.pool is not None else self.fast.decode(heatmaps)
+        if self.pool is not None:
+            return self.pool.decode(self.fast, heatmaps)
+        if not self.wants_processes:
+            return self.fast.decode(heatmaps)
+        # A blurring decode spends its time in cv2's blur and torch's row maxima, which use every core
+        # from one thread; two at once only contend (on 2 cores two threads ran at 0.8-0.97x of one).
+        with self._one_at_a_time:
+            return self.fast.decode(heatmaps)
 
     def _first(self, heatmaps: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         try:
@@ -356,6 +363,14 @@ def _is_oom(exc: BaseException) -> bool:
     import torch
 
     return isinstance(exc, torch.cuda.OutOfMemoryError) or "out of memory" in str(exc).lower()
+
+
+# Decode workers from which a pass gives the blurring decoders (`Decoder.wants_processes`) a
+# `DecodePool`. Below it they decode in the calling threads, one batch at a time: on 2 cores a pool of
+# 2 processes ran DARK and UDP at 0.55-0.85x of one thread (the copy into shared memory, and cv2's blur
+# and torch's row maxima already use both cores from one thread). Processes are for the many cores of
+# a GPU host, where one thread's decode (1.5-2 ms a box) would set the pace.
+POOL_MIN_WORKERS = 4
 
 
 def decode_workers_for(device: str, workers: int) -> int:
@@ -602,7 +617,7 @@ def run_pass(
     stats = PassStats(decode_workers=threads, rows=[r.row_id for r in rows])
     decode_pool = None
     pooled = [r for r in rows if r.decoder.wants_processes]
-    if DecodePool.available() and pooled:
+    if DecodePool.available() and pooled and threads >= POOL_MIN_WORKERS:
         slot = max(
             r.batch_size * len(r.model.flip_indices) * int(np.prod(r.model.codec.heatmap_size)) * 4
             for r in pooled
