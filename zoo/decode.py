@@ -166,6 +166,36 @@ def _band_rows(maps: np.ndarray, first: np.ndarray, count: int) -> np.ndarray:
     return picked
 
 
+def _whole_blur_taps(
+    maps: np.ndarray, kernel: int, full: np.ndarray, blurred_max: np.ndarray, taps: Any
+) -> np.ndarray:
+    """Blur the maps `full` whole, as mmpose does, write their maxima into `blurred_max` and return
+    the blurred pixels `taps` = (map, y, x) of those maps.
+
+    A cache-sized chunk of maps at a time, in buffers kept per thread: with flat heatmaps nearly
+    every map lands here, and blurring them all at once allocated (and page-faulted) hundreds of MB.
+    """
+    _, h, w = maps.shape
+    b = (kernel - 1) // 2
+    tap_map, tap_y, tap_x = taps
+    slot = np.full(len(maps), -1)
+    slot[full] = np.arange(len(full))
+    tap_slot = slot[tap_map]
+    order = np.argsort(tap_slot, kind="stable")
+    per = max(1, _CHUNK_PIXELS // ((h + 2 * b) * (w + 2 * b)))
+    edges = np.searchsorted(tap_slot[order], np.arange(0, len(full) + per, per))
+    out = np.empty(len(tap_map), dtype=np.float32)
+    for i, lo in enumerate(range(0, len(full), per)):
+        chosen = full[lo : lo + per]
+        padded = _scratch("whole_padded", (len(chosen), h + 2 * b, w + 2 * b))  # borders stay zero
+        padded[:, b:-b, b:-b] = maps[chosen]
+        blurred = _blur_stacked(padded, kernel, _scratch("whole_blurred", padded.shape))[:, b:-b, b:-b]
+        blurred_max[chosen] = blurred.max(axis=(1, 2))
+        mine = order[edges[i] : edges[i + 1]]
+        out[mine] = blurred[tap_slot[mine] - lo, tap_y[mine], tap_x[mine]]
+    return out
+
+
 def modulated_taps(
     maps: np.ndarray,
     kernel: int,
@@ -220,13 +250,7 @@ def modulated_taps(
     values[ok] = banded[tap_map[ok], tap_y[ok] - start[tap_map[ok]], tap_x[ok]]
     full = np.nonzero(whole)[0]
     if len(full):
-        padded = np.zeros((len(full), h + 2 * b, w + 2 * b), dtype=np.float32)
-        padded[:, b:-b, b:-b] = maps[full]
-        blurred = np.ascontiguousarray(_blur_stacked(padded, kernel)[:, b:-b, b:-b])
-        blurred_max[full] = blurred.reshape(len(full), -1).max(axis=1)
-        slot = np.full(m, -1)
-        slot[full] = np.arange(len(full))
-        values[~ok] = blurred[slot[tap_map[~ok]], tap_y[~ok], tap_x[~ok]]
+        values[~ok] = _whole_blur_taps(maps, kernel, full, blurred_max, (t[~ok] for t in taps))
     with np.errstate(divide="ignore", invalid="ignore"):  # a map that blurs to 0 gives NaN, as in mmpose
         factor = maxima / blurred_max
     values *= factor[tap_map]
