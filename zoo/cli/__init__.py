@@ -121,7 +121,8 @@ def add_run_options(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--decode-workers", type=at_least(1), default=None, metavar="N",
-        help="processes decoding heatmaps beside the model (default: the cores the data workers leave)",
+        help="workers decoding heatmaps beside the model (default: the cores the data workers leave;"
+        " threads, a process pool for DARK/UDP from 4 workers)",
     )  # fmt: skip
     parser.add_argument(
         "--checkpoint-every", type=seconds, default=60.0, metavar="SECONDS",
