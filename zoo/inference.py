@@ -374,7 +374,8 @@ POOL_MIN_WORKERS = 4
 
 
 def decode_workers_for(device: str, workers: int) -> int:
-    """Decode processes: the cores the data workers and the main thread leave (at least one)."""
+    """Decode workers (threads, or a `DecodePool`'s processes from `POOL_MIN_WORKERS`): the cores the
+    data workers and the main thread leave (at least one)."""
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
     spare = cores - workers - (1 if device.startswith("cuda") else 2)
     return max(1, min(16, spare))
