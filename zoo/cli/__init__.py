@@ -122,7 +122,7 @@ def add_run_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--decode-workers", type=at_least(1), default=None, metavar="N",
         help="workers decoding heatmaps beside the model (default: the cores the data workers leave;"
-        " threads, a process pool for DARK/UDP from 4 workers)",
+        " threads; for DARK/UDP a process pool from zoo.inference.POOL_MIN_WORKERS workers)",
     )  # fmt: skip
     parser.add_argument(
         "--checkpoint-every", type=seconds, default=60.0, metavar="SECONDS",
