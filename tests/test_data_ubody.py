@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -17,6 +18,7 @@ import pytest
 from zoo.cli import main
 from zoo.data import convert_ubody, datasets_lock, load_registry, prepare, verify
 from zoo.data.coco_format import PARTS
+from zoo.data.ubody import find_ffmpeg
 from zoo.errors import InputError, ZooError
 
 REPO = Path(__file__).resolve().parents[1]
@@ -100,11 +102,16 @@ def test_same_val_set_as_mmpose_converter(ubody: Path, tmp_path: Path) -> None:
     theirs_root = tmp_path / "theirs" / "UBody"
     shutil.copytree(ubody, theirs_root)
     tool = Path(mmpose.__file__).parent / ".mim" / "tools" / "dataset_converters" / "ubody_kpts_to_coco.py"
+    # Their tool shells out to a bare `ffmpeg`: give it the one zoo uses, under that name, on PATH.
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "ffmpeg").symlink_to(find_ffmpeg())
     subprocess.run(
         [sys.executable, str(tool), "--data-root", str(theirs_root)],
         check=True,
         capture_output=True,
         cwd=tmp_path,
+        env={**os.environ, "PATH": f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}"},
     )
     convert_ubody(ubody)
 
