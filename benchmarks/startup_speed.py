@@ -2,8 +2,11 @@
 
 Each measurement is a new Python process (the file cache warmed by one untimed run first) that
 imports the stack the way `zoo run` does, loads the row's config, reads a verified checkpoint and
-builds the model with its weights: the wall time of that whole process, and inside it the seconds
-of each step. Also recorded: whether `transformers` is installed and whether it was imported (mmdet
+builds the model with its weights. Start-up is the wall-clock time from launching that process to
+its model being built (what a user waits before the first batch; judged against the target); also
+shown: the seconds of each step inside the process, and the whole process's wall time, which adds
+the interpreter's exit (tearing down torch and the OpenMMLab modules, ~0.5-1 s, paid after a run).
+Also recorded: which `transformers` is installed and whether it was imported (mmdet
 imports it for its language models when its model registry loads, which CSPNeXt's backbone needs;
 `zoo.compat.import_models` keeps it out). Run it once in an environment with transformers and once
 without (`--extra-path DIR` puts a folder holding it on the path).
@@ -31,7 +34,7 @@ from benchmarks import _common
 
 MODULE = "benchmarks.startup_speed"
 MD_NAME = "startup_speed.md"
-PACKAGES = ("torch", "mmpose", "mmdet", "mmcv", "transformers")
+PACKAGES = ("torch", "mmpose", "mmdet", "mmcv")
 ROWS = ("hrnet-w48-dark-plus-384x288", "cspnext-m-udp-256x192")
 TARGET_S = 5.0
 
@@ -53,13 +56,27 @@ def worker(mdir: Path, row_id: str) -> dict[str, Any]:
     marks.append(("weights", time.perf_counter()))
     evaluate.build_model(cfg, "cpu", state)
     marks.append(("model", time.perf_counter()))
+    ready = time.time()  # wall clock: comparable with the parent's launch time
     steps = {b[0]: b[1] - a[1] for a, b in zip(marks, marks[1:], strict=False)}
     return {
+        "ready_wall": ready,
         "steps": steps,
         "in_process_s": marks[-1][1] - marks[0][1],
-        "transformers_installed": importlib.util.find_spec("transformers") is not None,
+        "transformers_installed": _installed_version("transformers"),
         "transformers_imported": "transformers" in sys.modules,
     }
+
+
+def _installed_version(name: str) -> str | None:
+    """The version of `name` this process would import (None: not installed), without importing it."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    if importlib.util.find_spec(name) is None:
+        return None
+    try:
+        return version(name)
+    except PackageNotFoundError:
+        return "unknown"
 
 
 def run(
@@ -75,9 +92,9 @@ def run(
         mdir = _common.local_zoo(work, rows, work)
         env["ZOO_CACHE"] = os.environ["ZOO_CACHE"]
         for row_id in rows:
-            walls, inner = [], []
+            walls, readies, inner = [], [], []
             for rep in range(repeats + 1):  # the first run warms the file cache and is not counted
-                t = time.perf_counter()
+                launched, t = time.time(), time.perf_counter()
                 proc = subprocess.run(
                     [sys.executable, "-m", MODULE, "--worker", str(mdir), row_id],
                     cwd=_common.ROOT, capture_output=True, text=True, env=env, timeout=600,
@@ -88,9 +105,10 @@ def run(
                 if rep:
                     walls.append(wall)
                     inner.append(json.loads(proc.stdout.strip().splitlines()[-1]))
+                    readies.append(inner[-1]["ready_wall"] - launched)
             last = inner[-1]
             results.append({
-                "row": row_id, "process_s": _common.median(walls),
+                "row": row_id, "ready_s": _common.median(readies), "process_s": _common.median(walls),
                 "in_process_s": _common.median(i["in_process_s"] for i in inner),
                 "steps": {k: _common.median(i["steps"][k] for i in inner) for k in last["steps"]},
                 "transformers_installed": last["transformers_installed"],
@@ -104,8 +122,8 @@ def run(
         "label": label,
         "repeats": repeats,
         "rows": results,
-        "startup_seconds": round(max(r["process_s"] for r in results), 2),
-        "transformers_installed": any(r["transformers_installed"] for r in results),
+        "startup_seconds": round(max(r["ready_s"] for r in results), 2),
+        "transformers_installed": results[0]["transformers_installed"],
         "transformers_imported": any(r["transformers_imported"] for r in results),
     }
     _common.write_text(out / f"startup_speed-{label}.md", _markdown(summary))
@@ -123,15 +141,19 @@ def _markdown(summary: dict[str, Any]) -> str:
         "",
         f"- Machine: {m['cpu']}, {m['cpus_usable']} usable CPUs, Python {m['python']}",
         "- Packages: " + ", ".join(f"{k} {v}" for k, v in m["packages"].items()),
-        f"- transformers installed: {summary['transformers_installed']}; imported: {summary['transformers_imported']}",
-        f"- Medians of {summary['repeats']} fresh processes after one warm-up run; target {TARGET_S:.0f} s",
+        f"- transformers installed: {summary['transformers_installed'] or 'no'}; "
+        f"imported: {summary['transformers_imported']}",
+        f"- Medians of {summary['repeats']} fresh processes after one warm-up run; target {TARGET_S:.0f} s: "
+        + ("met" if summary["startup_seconds"] <= TARGET_S else "not met"),
         "",
-        "| row | process wall s | in process s | " + " | ".join(f"{s} s" for s in steps) + " |",
-        "|---|---:|---:|" + "---:|" * len(steps),
+        "| row | start-up s (launch → model built) | in process s | "
+        + " | ".join(f"{s} s" for s in steps)
+        + " | process wall s (with exit) |",
+        "|---|---:|---:|" + "---:|" * len(steps) + "---:|",
         *(
-            f"| {r['row']} | {r['process_s']:.2f} | {r['in_process_s']:.2f} | "
+            f"| {r['row']} | {r['ready_s']:.2f} | {r['in_process_s']:.2f} | "
             + " | ".join(f"{r['steps'][s]:.2f}" for s in steps)
-            + " |"
+            + f" | {r['process_s']:.2f} |"
             for r in summary["rows"]
         ),
         "",

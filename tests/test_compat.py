@@ -36,11 +36,27 @@ def test_torchvision_fix_only_when_needed() -> None:
     """The fix must apply exactly when a plain `import torchvision` fails (a CUDA machine loads the
     real extension and must not get fake schemas)."""
     plain = _python("import torchvision")
-    fixed = _python("import zoo.compat as c; c.apply(); print(c.torchvision_fixed())")
+    fixed = _python("import zoo.compat as c; c.apply(); import torchvision; print(c.torchvision_fixed())")
     assert fixed.returncode == 0, fixed.stderr[-2000:]
     assert fixed.stdout.strip() == str(plain.returncode != 0)
     if plain.returncode != 0:
         assert "torchvision::" in plain.stderr and "does not exist" in plain.stderr
+
+
+def test_torchvision_waits_for_its_first_import() -> None:
+    """`apply()` does not import torchvision (its import pulls in torch._dynamo, ~1 s): the fix runs
+    when something first imports it, and that import returns the one module, not a second copy."""
+    proc = _python(
+        "import sys, zoo.compat as c; c.apply(); c.import_models(['mmpose', 'mmdet'])\n"
+        "print('torchvision' in sys.modules)\n"
+        "import torchvision, torchvision.ops\n"
+        "from torchvision import ops\n"
+        "print(sys.modules['torchvision'] is torchvision and ops is torchvision.ops, torchvision.__spec__.origin)"
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    before, after = proc.stdout.split("\n")[:2]
+    assert before == "False"
+    assert after.startswith("True ") and after.endswith("torchvision/__init__.py")
 
 
 def test_missing_pkg_resources_is_a_clear_error(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -3,6 +3,7 @@
 Why each exists (facts in the README's "Stack fixes" section):
 - torchvision: the registry's torchvision 0.28.0 is a CUDA build; with CPU torch its `_C` extension
   cannot load and `import torchvision` dies registering fake kernels for ops that do not exist.
+  Applied at torchvision's first import: the harness's own path never imports it (~1 s saved).
 - pkg_resources: mmengine imports it at run time; setuptools>=81 removed it.
 - checkpoints: torch>=2.6 unpickles with weights_only=True; OpenMMLab checkpoints carry numpy
   objects in `meta`, so loading needs an explicit allow-list instead of turning weights_only off.
@@ -16,9 +17,14 @@ from __future__ import annotations
 
 import contextlib
 import importlib
+import importlib.abc
+import importlib.machinery
+import importlib.util
 import sys
 import warnings
 from collections.abc import Iterable, Iterator
+from types import ModuleType
+from typing import Any
 
 from zoo.errors import StackError
 
@@ -45,8 +51,6 @@ def _import_torchvision() -> None:
     except RuntimeError as exc:
         if "torchvision::" not in str(exc) or "does not exist" not in str(exc):
             raise
-    import sys
-
     import torch
 
     for name in [m for m in sys.modules if m == "torchvision" or m.startswith("torchvision.")]:
@@ -72,13 +76,37 @@ def _check_pkg_resources() -> None:
             ) from exc
 
 
+class _TorchvisionOnFirstImport(importlib.abc.MetaPathFinder, importlib.abc.Loader):
+    """Runs `_import_torchvision` when the process first imports torchvision, instead of at `apply()`.
+
+    torchvision's import pulls in torch._dynamo (~1 s of start-up) and the harness's own path never
+    needs it; mmpose's APIs, mmengine's Runner and mmcv's ops do, and get the fix the moment they ask.
+    """
+
+    def find_spec(
+        self, name: str, path: Any = None, target: Any = None
+    ) -> importlib.machinery.ModuleSpec | None:
+        if name != "torchvision":
+            return None
+        sys.meta_path.remove(self)
+        _import_torchvision()  # the real import (the module lock is re-entrant); this spec hands it on
+        return importlib.util.spec_from_loader(name, self)
+
+    def create_module(self, spec: importlib.machinery.ModuleSpec) -> ModuleType:
+        return sys.modules[spec.name]
+
+    def exec_module(self, module: ModuleType) -> None:
+        """Already executed by `_import_torchvision`."""
+
+
 def apply() -> None:
     """Make `import mmpose.apis`, mmengine's Runner and mmdet importable on this stack. Idempotent."""
     global _applied
     if _applied:
         return
     _check_pkg_resources()
-    _import_torchvision()
+    if "torchvision" not in sys.modules:
+        sys.meta_path.insert(0, _TorchvisionOnFirstImport())
     _applied = True
 
 
