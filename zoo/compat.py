@@ -80,7 +80,7 @@ class _TorchvisionOnFirstImport(importlib.abc.MetaPathFinder, importlib.abc.Load
     """Runs `_import_torchvision` when the process first imports torchvision, instead of at `apply()`.
 
     torchvision's import pulls in torch._dynamo (~1 s of start-up) and the harness's own path never
-    needs it; mmpose's APIs, mmengine's Runner and mmcv's ops do, and get the fix the moment they ask.
+    needs it; mmpose's APIs and mmengine's Runner do, and get the fix the moment they ask.
     """
 
     def find_spec(
