@@ -93,10 +93,12 @@ def emit(result: Mapping[str, Any]) -> None:
     sys.stdout.flush()
 
 
-def run_worker(module: str, args: Sequence[str], timeout: float | None = None) -> dict[str, Any]:
+def run_worker(
+    module: str, args: Sequence[str], timeout: float | None = None, env: Mapping[str, str] | None = None
+) -> dict[str, Any]:
     """Run `python -m <module> <args>` in a fresh process and return the JSON of its last stdout line."""
     cmd = [sys.executable, "-m", module, *args]
-    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=timeout)
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=timeout, env=env)
     if proc.returncode != 0:
         tail = (proc.stderr or proc.stdout).strip().splitlines()[-5:]
         raise RuntimeError(f"{' '.join(cmd)} failed with exit {proc.returncode}: " + " | ".join(tail))

@@ -20,10 +20,8 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
-import json
 import os
 import shutil
-import subprocess
 import sys
 import tempfile
 import time
@@ -34,7 +32,6 @@ from typing import Any
 from benchmarks import _common
 
 MODULE = "benchmarks.startup_speed"
-MD_NAME = "startup_speed.md"
 PACKAGES = ("torch", "mmpose", "mmdet", "mmcv")
 ROWS = ("hrnet-w48-dark-plus-384x288", "cspnext-m-udp-256x192")
 TARGET_S = 5.0
@@ -104,17 +101,11 @@ def _measure(args: Sequence[str], env: dict[str, str], repeats: int) -> dict[str
     walls, readies, inner = [], [], []
     for rep in range(repeats + 1):
         launched, t = time.time(), time.perf_counter()
-        proc = subprocess.run(
-            [sys.executable, "-m", MODULE, *args], cwd=_common.ROOT, capture_output=True, text=True, env=env,
-            timeout=600,
-        )  # fmt: skip
-        wall = time.perf_counter() - t
-        if proc.returncode != 0:
-            raise RuntimeError(f"startup worker {' '.join(args)} failed: {proc.stderr.strip()[-2000:]}")
+        facts = _common.run_worker(MODULE, args, timeout=600, env=env)
         if rep:
-            walls.append(wall)
-            inner.append(json.loads(proc.stdout.strip().splitlines()[-1]))
-            readies.append(inner[-1]["ready_wall"] - launched)
+            walls.append(time.perf_counter() - t)
+            inner.append(facts)
+            readies.append(facts["ready_wall"] - launched)
     last = inner[-1]
     return {
         "ready_s": _common.median(readies), "process_s": _common.median(walls),
