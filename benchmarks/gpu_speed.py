@@ -9,14 +9,19 @@ data workers; every path its own process):
   model-bound  the forward pass and flip test alone (`zoo.inference.HeatmapModel`) on a batch already
                on the GPU, at the same batch size: the pace the hardware allows.
 boxes/s is boxes over the loop's wall time from its first batch on (zoo: `inference.crops_per_s` of
-the record; runner: its test loop without the metric; neither counts the data workers' start-up). The predictions must be identical: zoo's results records equal the
-ones mmpose's metric writes, and its whole-body stats equal the Runner's.
+the record; runner: its test loop without the metric; neither counts the data workers' start-up).
+The predictions must be identical: zoo's results records equal the ones mmpose's metric writes, and
+its whole-body stats equal the Runner's.
 
 The whole table: `zoo run --table coco-wholebody` on the same data, timed in one process, and
 extrapolated to full scale (5,000 images, ~104k detector boxes per row): the one-time costs
 (start-up, model builds, data workers starting) as measured, each pass's steady part scaled by
 104,125 / measured boxes, plus each row's post-processing and evaluation measured at full scale on
 synthetic predictions.
+
+Order, for a machine lent for minutes (`--budget`): every row's zoo run, Runner.test and model-bound
+pace, then the whole table, then the CUDA-graph mode per row; the files are rewritten after each step,
+and a step that cannot start within the budget is named in the results instead of run.
 
     python -m benchmarks.gpu_speed                                   # on the machine's GPU
     python -m benchmarks.gpu_speed --device cpu --images 2 --rows res50-256x192   # a dry run
@@ -44,7 +49,7 @@ CSV_NAME = "gpu_speed.csv"
 MD_NAME = "gpu_speed.md"
 PACKAGES = ("torch", "numpy", "opencv-python", "opencv-python-headless", "mmpose", "mmcv", "mmengine")
 MANIFESTS = _common.ROOT / "manifests"
-ROWS = ("hrnet-w48-dark-plus-384x288", "hrnet-w32-256x192", "cspnext-m-udp-256x192")
+ROWS = ("hrnet-w48-dark-plus-384x288", "cspnext-m-udp-256x192", "hrnet-w32-256x192")
 TABLE = "coco-wholebody"
 FULL_BOXES = 104125  # the detector boxes of the published COCO-WholeBody rows
 
@@ -196,32 +201,72 @@ def _prepare(work: Path, images: int, rows: Sequence[str], seed: int) -> tuple[P
     return _common.local_zoo(work, rows, work / "data", seed), work / "data", data
 
 
-def _measure_row(
-    work: Path, mdir: Path, root: Path, row_id: str, device: str, workers: int, model_seconds: float, log: Any
-) -> dict[str, Any]:
-    """Every measurement of one row. A failed one is recorded and the others go on: the machine
-    is lent for minutes, and one broken path must not cost the rest."""
-    res: dict[str, Any] = {"row": row_id, "errors": {}}
-    args = [str(mdir), row_id, str(root)]
-    common = ["--manifests", str(mdir), "--data-root", str(root), "--device", device, "--workers", str(workers),
-              "--no-progress"]  # fmt: skip
-    cuda = device.startswith("cuda")
-    steps: list[tuple[str, Any]] = [
-        ("runner", lambda: _common.run_worker(
-            MODULE, ["--runner", *args, str(workers), device, str(work / f"mm-{row_id}")])),
-        ("zoo", lambda: _zoo_run(work, "zoo", row_id, common)),
-    ]  # fmt: skip
-    if cuda:
-        steps.append(("zoo_graphs", lambda: _zoo_run(work, "zoo_graphs", row_id, [*common, "--cuda-graphs"])))
-    for key, graphs in (("model_bound", "0"), ("model_bound_graphs", "1"))[: 2 if cuda else 1]:
-        steps.append((key, lambda graphs=graphs: _common.run_worker(MODULE, [
-            "--model-bound", *args, device, str(_batch(res)), str(model_seconds), graphs])))  # fmt: skip
+class Budget:
+    """The seconds left of a time budget (the lent machine's minutes). A step is started only with
+    `MIN_STEP_S` left and each child process gets at most what is left, so an exhausted budget ends
+    the run with its files written and the steps not run named, instead of a kill mid-write."""
+
+    MIN_STEP_S = 20.0
+
+    def __init__(self, budget: float | None) -> None:
+        self.end = None if budget is None else time.perf_counter() + budget
+
+    def left(self) -> float:
+        return float("inf") if self.end is None else self.end - time.perf_counter()
+
+    def timeout(self, cap: float) -> float:
+        return max(1.0, min(cap, self.left()))
+
+
+def _run_steps(res: dict[str, Any], steps: Sequence[tuple[str, Any]], budget: Budget, log: Any) -> None:
+    """Run `steps` (key, fn(timeout)) of one row, in order. A failed one is recorded and the others
+    go on: the machine is lent for minutes, and one broken path must not cost the rest."""
     for name, fn in steps:
+        if budget.left() < Budget.MIN_STEP_S:
+            res["errors"][name] = "not run: the time budget was spent"
+            continue
         try:
-            res[name] = fn()
+            res[name] = fn(budget.timeout(900))
         except Exception as exc:  # noqa: BLE001
             res["errors"][name] = str(exc)[-500:]
-            log(f"{row_id}: {name} failed: {res['errors'][name]}")
+            log(f"{res['row']}: {name} failed: {res['errors'][name]}")
+
+
+def _core_steps(work: Path, mdir: Path, root: Path, res: dict[str, Any], device: str, workers: int,
+                model_seconds: float) -> list[tuple[str, Any]]:  # fmt: skip
+    """What the issue's keys need, per row: zoo run, Runner.test and the eager model-bound pace."""
+    row_id = res["row"]
+    args = [str(mdir), row_id, str(root)]
+    return [
+        ("zoo", lambda t: _zoo_run(work, "zoo", row_id, _run_args(mdir, root, device, workers), t)),
+        ("runner", lambda t: _common.run_worker(
+            MODULE, ["--runner", *args, str(workers), device, str(work / f"mm-{row_id}")], timeout=t)),
+        ("model_bound", lambda t: _common.run_worker(
+            MODULE, ["--model-bound", *args, device, str(_batch(res)), str(model_seconds), "0"], timeout=t)),
+    ]  # fmt: skip
+
+
+def _graph_steps(work: Path, mdir: Path, root: Path, res: dict[str, Any], device: str, workers: int,
+                 model_seconds: float) -> list[tuple[str, Any]]:  # fmt: skip
+    """The opt-in `--cuda-graphs` mode and its model-bound pace (measured after everything else)."""
+    row_id = res["row"]
+    args = [str(mdir), row_id, str(root)]
+    common = [*_run_args(mdir, root, device, workers), "--cuda-graphs"]
+    return [
+        ("zoo_graphs", lambda t: _zoo_run(work, "zoo_graphs", row_id, common, t)),
+        ("model_bound_graphs", lambda t: _common.run_worker(
+            MODULE, ["--model-bound", *args, device, str(_batch(res)), str(model_seconds), "1"], timeout=t)),
+    ]  # fmt: skip
+
+
+def _run_args(mdir: Path, root: Path, device: str, workers: int) -> list[str]:
+    return ["--manifests", str(mdir), "--data-root", str(root), "--device", device, "--workers", str(workers),
+            "--no-progress"]  # fmt: skip
+
+
+def _compare(work: Path, res: dict[str, Any]) -> None:
+    """The identity checks between whatever paths of the row were measured."""
+    row_id = res["row"]
     if "zoo" in res and "runner" in res:
         res["identical"] = _records_equal(
             work / "zoo" / row_id / "predictions.json.gz", Path(res["runner"]["records_file"])
@@ -234,7 +279,6 @@ def _measure_row(
     if "zoo" in res and "zoo_graphs" in res:
         read = [(work / m / row_id / "predictions.json.gz").read_bytes() for m in ("zoo", "zoo_graphs")]
         res["graphs_identical"] = read[0] == read[1]
-    return res
 
 
 def _batch(res: dict[str, Any]) -> int:
@@ -242,8 +286,8 @@ def _batch(res: dict[str, Any]) -> int:
     return res["zoo"]["record"]["inference"]["batch_size"] if "zoo" in res else 32
 
 
-def _zoo_run(work: Path, mode: str, row_id: str, args: Sequence[str]) -> dict[str, Any]:
-    wall, _ = _zoo(["run", row_id, *args, "--out", str(work / mode)], timeout=900)
+def _zoo_run(work: Path, mode: str, row_id: str, args: Sequence[str], timeout: float) -> dict[str, Any]:
+    wall, _ = _zoo(["run", row_id, *args, "--out", str(work / mode)], timeout=timeout)
     return {"wall_s": wall, "record": json.loads((work / mode / row_id / "result.json").read_text())}
 
 
@@ -262,15 +306,21 @@ def run(
     out: Path = _common.RESULTS_DIR,
     log: Any = print,
     table_rows: Sequence[str] | None = None,
+    budget_s: float | None = None,
 ) -> dict[str, Any]:
     """Measure, write gpu_speed.csv/.md and merge the GPU keys into summary.json. The whole-table
-    run covers `table_rows` (default: every row of the table)."""
+    run covers `table_rows` (default: every row of the table).
+
+    In order of what the issue's keys need, files rewritten after each step, so a budget (`budget_s`,
+    the lent machine's minutes) that runs out leaves the most important numbers: every row's zoo run,
+    Runner.test and model-bound pace, then the whole table, then the CUDA-graph mode per row."""
     from zoo.manifest import load_manifests
 
     if not table:
         table_rows = []
     elif table_rows is None:
         table_rows = [r.id for r in load_manifests(MANIFESTS).table(TABLE).rows]
+    budget = Budget(budget_s)
     work = Path(tempfile.mkdtemp(prefix="zoo-bench-gpu-"))
     try:
         t = time.perf_counter()
@@ -278,38 +328,46 @@ def run(
         log(
             f"prepared {data['images']} images, {data['detections']} boxes, checkpoints in {time.perf_counter() - t:.0f} s"
         )
-        results = []
-        for row_id in rows:
-            results.append(_measure_row(work, mdir, root, row_id, device, workers, model_seconds, log))
-            log(_row_line(results[-1]))
-            summary = _write(results, None, data, images, device, workers, out)  # what is measured so far
-        if table:
-            summary = _write(
-                results, _table(work, mdir, root, device, workers, seed), data, images, device, workers, out
-            )
+        results = [{"row": row_id, "errors": {}} for row_id in rows]
+        table_result: dict[str, Any] | None = None
+
+        def save() -> dict[str, Any]:
+            return _write(results, table_result, data, images, device, workers, out)
+
+        phases = [_core_steps] + ([_graph_steps] if device.startswith("cuda") else [])
+        for n, phase in enumerate(phases):
+            for res in results:
+                _run_steps(res, phase(work, mdir, root, res, device, workers, model_seconds), budget, log)
+                _compare(work, res)
+                log(_row_line(res))
+                summary = save()
+            if n == 0 and table:  # the whole table before the opt-in mode
+                table_result = _table(work, mdir, root, device, workers, seed, budget, log)
+                summary = save()
     finally:
         shutil.rmtree(work, ignore_errors=True)
     return summary
 
 
-def _table(work: Path, mdir: Path, root: Path, device: str, workers: int, seed: int) -> dict[str, Any]:
-    common = [
-        "--manifests",
-        str(mdir),
-        "--data-root",
-        str(root),
-        "--device",
-        device,
-        "--workers",
-        str(workers),
-    ]
-    wall, _ = _zoo(
-        ["run", "--table", TABLE, *common, "--no-progress", "--out", str(work / "table")], timeout=1800
-    )
-    records = [json.loads(p.read_text()) for p in sorted((work / "table").glob("*/result.json"))]
-    failed = [r["row_id"] for r in records if r["status"] != "ok"]
-    if failed:
-        raise RuntimeError(f"the table run failed for {', '.join(failed)}")
+def _table(
+    work: Path, mdir: Path, root: Path, device: str, workers: int, seed: int, budget: Budget, log: Any
+) -> dict[str, Any]:
+    """`zoo run --table` timed and extrapolated to full scale; {"error": ...} when it did not run."""
+    if budget.left() < Budget.MIN_STEP_S:
+        return {"error": "not run: the time budget was spent"}
+    try:
+        wall, _ = _zoo(
+            ["run", "--table", TABLE, *_run_args(mdir, root, device, workers), "--out", str(work / "table")],
+            timeout=budget.timeout(1800),
+        )
+        records = [json.loads(p.read_text()) for p in sorted((work / "table").glob("*/result.json"))]
+        failed = [r["row_id"] for r in records if r["status"] != "ok"]
+        if failed:
+            raise RuntimeError(f"the table run failed for {', '.join(failed)}")
+        full_eval = _common.run_worker(MODULE, ["--eval-full", str(seed)], timeout=budget.timeout(600))
+    except Exception as exc:  # noqa: BLE001
+        log(f"table: failed: {str(exc)[-500:]}")
+        return {"error": str(exc)[-500:]}
     passes: dict[tuple, tuple[float, float]] = {}
     for r in records:  # rows sharing a pass report the same pass
         inference = r["inference"]
@@ -322,12 +380,11 @@ def _table(work: Path, mdir: Path, root: Path, device: str, workers: int, seed: 
     evaluation = sum(
         r["timings"].get("evaluation_s", 0) + r["timings"].get("postprocess_s", 0) for r in records
     )
-    full_eval = _common.run_worker(MODULE, ["--eval-full", str(seed)])
     pass_s = sum(total for total, _ in passes.values())
     full_pass_s = sum(total - steady + steady * FULL_BOXES / boxes for total, steady in passes.values())
     fixed_s = wall - pass_s - evaluation  # start-up, model builds, data set builds, writing records
     full_s = fixed_s + full_pass_s + len(records) * full_eval["seconds"]
-    return {
+    result = {
         "rows": len(records),
         "passes": len(passes),
         "boxes_per_row": boxes,
@@ -338,6 +395,8 @@ def _table(work: Path, mdir: Path, root: Path, device: str, workers: int, seed: 
         "full_eval_s_per_row": full_eval["seconds"],
         "full_minutes": full_s / 60,
     }
+    log(f"table: {len(records)} rows in {len(passes)} passes, {wall:.0f} s; full scale {full_s / 60:.1f} min")
+    return result
 
 
 def _rate(res: dict[str, Any], key: str) -> float | None:
@@ -351,7 +410,7 @@ def _rate(res: dict[str, Any], key: str) -> float | None:
 
 def _row_line(res: dict[str, Any]) -> str:
     def f(value: float | None) -> str:
-        return "failed" if value is None else f"{value:.1f}"
+        return "—" if value is None else f"{value:.1f}"
 
     return (
         f"{res['row']}: zoo {f(_rate(res, 'zoo'))} boxes/s, graphs {f(_rate(res, 'zoo_graphs'))}, runner "
@@ -403,7 +462,7 @@ def _write(
         "table": table,
         "gpu_speedup": _smallest(r["speedup"] for r in rows),
         "gpu_fraction_of_model_bound": _smallest(r["fraction_of_model_bound"] for r in rows),
-        "gpu_table_minutes": None if table is None else round(table["full_minutes"], 1),
+        "gpu_table_minutes": round(table["full_minutes"], 1) if table and "full_minutes" in table else None,
         "gpu_identical": all(r["identical"] for r in rows),
     }
     _common.write_csv(out / CSV_NAME, rows)
@@ -424,7 +483,8 @@ def _smallest(values: Any) -> float | None:
 
 
 def _num(value: float | None, fmt: str) -> str:
-    return "failed" if value is None else format(value, fmt)
+    """A figure, or "—" where it was not measured (the errors column says why)."""
+    return "—" if value is None else format(value, fmt)
 
 
 def _markdown(summary: dict[str, Any]) -> str:
@@ -442,6 +502,7 @@ def _markdown(summary: dict[str, Any]) -> str:
         "- boxes/s over each path's loop from its first batch on, the data workers' start-up excluded",
         "  (zoo: its data pass, `inference.crops_per_s`; the Runner: its test loop without the metric);",
         "  model-bound: forward + flip test on a batch already on the GPU, the same batch size.",
+        "- —: not measured (the errors column says why: a failure, or a step the time budget did not reach)",
         "",
         "| row | batch | zoo boxes/s | zoo + CUDA graphs | Runner boxes/s | model-bound | model-bound, graphs | "
         "zoo / Runner | zoo / model-bound | identical | graphs identical |",
@@ -471,7 +532,9 @@ def _markdown(summary: dict[str, Any]) -> str:
         f"**{summary['gpu_identical']}**",
     ]
     t = summary["table"]
-    if t:
+    if t and "error" in t:
+        lines.append(f"- Whole table (`zoo run --table {TABLE}`): not measured ({t['error']})")
+    elif t:
         lines += [
             f"- Whole table (`zoo run --table {TABLE}`, {t['rows']} rows in {t['passes']} data passes): "
             f"{t['wall_s']:.0f} s for {t['boxes_per_row']} boxes per row, of which passes {t['pass_s']:.0f} s, "
@@ -495,6 +558,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--model-seconds", type=float, default=5.0, help="timing window of the model-bound runs"
     )
     parser.add_argument("--out", type=Path, default=_common.RESULTS_DIR, help="results folder")
+    parser.add_argument(
+        "--budget",
+        type=float,
+        default=None,
+        help="seconds for everything; steps not started in time are named",
+    )
     parser.add_argument("--runner", nargs=6, help=argparse.SUPPRESS)
     parser.add_argument("--model-bound", nargs=7, help=argparse.SUPPRESS)
     parser.add_argument("--eval-full", type=int, help=argparse.SUPPRESS)
@@ -524,9 +593,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         args.model_seconds,
         args.out,
         table_rows=args.table_rows,
+        budget_s=args.budget,
     )
     print(
-        f"gpu speedup {s['gpu_speedup']:.1f}x, {s['gpu_fraction_of_model_bound']:.0%} of model-bound, "
+        f"gpu speedup {_num(s['gpu_speedup'], '.1f')}x, {_num(s['gpu_fraction_of_model_bound'], '.0%')} of "
+        "model-bound, "
         f"table {s['gpu_table_minutes']} min, identical {s['gpu_identical']} -> {args.out / MD_NAME}"
     )
     return 0
