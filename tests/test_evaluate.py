@@ -366,6 +366,49 @@ def test_ctrl_c_keeps_the_decoded_batches(local_zoo, busy_root, tmp_path: Path) 
     assert int(line.split("resuming at box ")[1].split()[0]) >= 2
 
 
+def test_decode_processes_as_on_a_gpu_host_give_the_same_bytes(local_zoo, busy_root, tmp_path: Path) -> None:
+    """A GPU host's configuration (decode workers >= POOL_MIN_WORKERS: DARK and UDP in a DecodePool,
+    MSRA in the threads, many batches in flight) writes byte-identical predictions to one decode
+    thread, in table mode; and a SIGKILLed run's decode processes leave with it (its pipes close)."""
+    from zoo.inference import POOL_MIN_WORKERS
+
+    rows = ("res50-256x192", "vipnas-res50-dark-256x192", "cspnext-m-udp-256x192")  # MSRA, DARK, UDP
+    mdir = local_zoo(*rows)
+
+    def args(out: Path, decode_workers: int) -> list[str]:
+        return [
+            "run", *rows, "--manifests", str(mdir), "--data-root", str(busy_root), "--out", str(out),
+            "--cache", str(tmp_path / "cache"), "--workers", "0", "--no-progress", "--batch-size", "3",
+            "--decode-workers", str(decode_workers),
+        ]  # fmt: skip
+
+    records = {}
+    for name, n in (("threads", 1), ("pool", POOL_MIN_WORKERS)):
+        proc = _zoo(*args(tmp_path / name, n))
+        _, stderr = proc.communicate(timeout=600)
+        assert proc.returncode == 0, stderr[-3000:]
+        records[name] = {r: json.loads((tmp_path / name / r / "result.json").read_text()) for r in rows}
+    for row_id in rows:
+        pooled = records["pool"][row_id]["inference"]
+        assert (
+            pooled["decode_workers"] == POOL_MIN_WORKERS
+            and records["threads"][row_id]["inference"]["decode_processes"] is False
+        )
+        assert pooled["decode_processes"] is (row_id != "res50-256x192"), row_id  # MSRA stays in threads
+        assert (tmp_path / "pool" / row_id / "predictions.json.gz").read_bytes() == (
+            tmp_path / "threads" / row_id / "predictions.json.gz"
+        ).read_bytes(), row_id
+        assert records["pool"][row_id]["metrics"] == records["threads"][row_id]["metrics"]
+    # more batches than the pass keeps in flight (2 per decode worker + 2): back-pressure was exercised
+    assert records["pool"]["vipnas-res50-dark-256x192"]["inference"]["crops"] > 3 * (2 * POOL_MIN_WORKERS + 2)
+
+    proc = _zoo(*args(tmp_path / "killed", POOL_MIN_WORKERS))
+    children = Path(f"/proc/{proc.pid}/task/{proc.pid}/children")
+    _wait_for(proc, lambda: len(children.read_text().split()) >= POOL_MIN_WORKERS)  # the pool has forked
+    proc.send_signal(signal.SIGKILL)
+    proc.communicate(timeout=30)  # returns only once every process holding its stdout/stderr is gone
+
+
 def test_torchrun_two_processes_match_one(local_zoo, data_roots, tmp_path: Path) -> None:
     row_id = "vipnas-res50-256x192"
     mdir = local_zoo(row_id)
