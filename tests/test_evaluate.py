@@ -399,6 +399,8 @@ def test_decode_processes_as_on_a_gpu_host_give_the_same_bytes(local_zoo, busy_r
             tmp_path / "threads" / row_id / "predictions.json.gz"
         ).read_bytes(), row_id
         assert records["pool"][row_id]["metrics"] == records["threads"][row_id]["metrics"]
+    warm = records["pool"]["vipnas-res50-dark-256x192"]["inference"]
+    assert 0 < warm["warm_crops_per_s"] < float("inf")  # the pass warmed up and says at what pace
     # more batches than the pass keeps in flight (2 per decode worker + 2): back-pressure was exercised
     assert records["pool"]["vipnas-res50-dark-256x192"]["inference"]["crops"] > 3 * (2 * POOL_MIN_WORKERS + 2)
 

@@ -1,5 +1,6 @@
 """benchmarks.gpu_speed's bookkeeping for a machine lent for minutes: a failed or unstarted step is
-named in the results and never becomes a number (the measurements themselves need CUDA)."""
+named in the results and never becomes a number, and the warm pace it compares with the model-bound
+one counts only what came after the warm-up (the measurements themselves need CUDA)."""
 
 from __future__ import annotations
 
@@ -38,7 +39,7 @@ def test_steps_go_on_past_a_failure_and_stop_when_the_budget_is_spent() -> None:
 
 
 def test_unmeasured_steps_leave_the_keys_null_and_are_named(tmp_path: Path) -> None:
-    record = {"inference": {"crops": 64, "crops_per_s": 300.0, "batch_size": 32, "decode": "zoo"},
+    record = {"inference": {"crops": 64, "crops_per_s": 300.0, "warm_crops_per_s": 360.0, "batch_size": 32},
               "timings": {"model_build_s": 1.0}}  # fmt: skip
     measured = {
         "row": "a", "errors": {}, "zoo": {"wall_s": 9.0, "record": record},
@@ -51,14 +52,27 @@ def test_unmeasured_steps_leave_the_keys_null_and_are_named(tmp_path: Path) -> N
 
     one = gpu_speed._write([measured], {"error": "not run: the time budget was spent"}, *args)
     assert one["gpu_speedup"] == 3.0 and one["gpu_fraction_of_model_bound"] == 0.75
+    assert one["gpu_fraction_of_model_bound_warm"] == 0.9
     assert one["gpu_table_minutes"] is None and one["gpu_identical"] is True
     md = (tmp_path / gpu_speed.MD_NAME).read_text()
     assert "Whole table (`zoo run --table coco-wholebody`): not measured (not run: the time budget" in md
 
     both = gpu_speed._write([measured, unstarted], None, *args)
     assert both["gpu_speedup"] is None and both["gpu_fraction_of_model_bound"] is None
+    assert both["gpu_fraction_of_model_bound_warm"] is None
     assert both["gpu_identical"] is False  # a row not compared is not identical
     md = (tmp_path / gpu_speed.MD_NAME).read_text()
     assert "| b | None | — |" in md and "zoo: not run: the time budget was spent" in md
     assert not (tmp_path / "summary.json").exists()  # a CPU dry run never writes the GPU keys
     assert json.loads(json.dumps(both))  # the summary is plain JSON
+
+
+def test_the_warm_pace_counts_only_what_came_after_the_warm_up() -> None:
+    """`warm_samples_per_s`: the samples that arrived after every row's first batch was decoded, over
+    the time from then on; None when the pass never warmed up (the rate would be a guess)."""
+    from zoo.inference import PassStats
+
+    stats = PassStats(samples=100, seconds=10.0, first_chunk_s=1.0)
+    assert stats.warm_samples_per_s is None and stats.samples_per_s == 100 / 9
+    stats.warm_at_s, stats.warm_samples = 2.0, 80
+    assert stats.warm_samples_per_s == 10.0

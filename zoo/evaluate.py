@@ -625,6 +625,7 @@ def _infer_group(
             partial, parts = partials[prepared.row.id]
             facts = _inference_facts(
                 prepared, boxes=len(mine), seconds=stats.seconds, rate=stats.samples_per_s,
+                warm_rate=stats.warm_samples_per_s,
                 batch_size=row_pass.batch_size, data_path="fast",
                 decode=row_pass.decoder.path, world=world, decode_note=row_pass.decoder.note,
                 oom_retries=row_pass.oom_retries, shared=stats.rows, resumed_at=row_pass.start,
@@ -668,7 +669,7 @@ def _start_line(prepared: _Prepared, boxes: int, batch_size: int, where: str, ou
 
 def _inference_facts(
     prepared: _Prepared, *, boxes: int, seconds: float, batch_size: int, data_path: str, decode: str,
-    rate: float | None = None,
+    rate: float | None = None, warm_rate: float | None = None,
     world: int, decode_note: str = "", oom_retries: Sequence[str] = (), shared: Sequence[str] = (),
     resumed_at: int = 0, decode_workers: int = 0, decode_processes: bool = False, data_s: float | None = None,
     cuda_graphs: str = "off",
@@ -679,6 +680,7 @@ def _inference_facts(
         "crops": boxes,
         # the pass's steady pace, from its first crops on (data workers take a moment to start)
         "crops_per_s": rate if rate is not None else boxes / seconds if seconds > 0 else math.nan,
+        "warm_crops_per_s": warm_rate,  # once the one-time costs are paid (`PassStats.warm_samples_per_s`)
         "batch_size": batch_size,
         "data_path": data_path,
         "data_s": data_s,

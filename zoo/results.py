@@ -76,6 +76,7 @@ VOLATILE = (
     ("command",),
     ("timings",),
     ("inference", "crops_per_s"),
+    ("inference", "warm_crops_per_s"),
     ("inference", "data_s"),
     ("inference", "shared_pass"),
 )
