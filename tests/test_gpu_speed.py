@@ -57,6 +57,14 @@ def test_unmeasured_steps_leave_the_keys_null_and_are_named(tmp_path: Path) -> N
     md = (tmp_path / gpu_speed.MD_NAME).read_text()
     assert "Whole table (`zoo run --table coco-wholebody`): not measured (not run: the time budget" in md
 
+    table = {"cuda_graphs": {"a": "on", "c": "on"}, "identical_to_eager": {"a": False}, "rows": 2, "passes": 1,
+             "boxes_per_row": 64, "wall_s": 30.0, "pass_s": 10.0, "fixed_s": 18.0, "evaluation_s": 2.0,
+             "full_eval_s_per_row": 9.0, "full_minutes": 12.34}  # fmt: skip
+    graphs = gpu_speed._write([measured], table, *args)
+    assert graphs["gpu_table_minutes"] == 12.3 and graphs["gpu_identical"] is False  # the table changed a bit
+    md = (tmp_path / gpu_speed.MD_NAME).read_text()
+    assert "`zoo run --table coco-wholebody --cuda-graphs`" in md and "eager `zoo run` above: a False" in md
+
     both = gpu_speed._write([measured, unstarted], None, *args)
     assert both["gpu_speedup"] is None and both["gpu_fraction_of_model_bound"] is None
     assert both["gpu_fraction_of_model_bound_warm"] is None
