@@ -94,11 +94,15 @@ def emit(result: Mapping[str, Any]) -> None:
 
 
 def run_worker(
-    module: str, args: Sequence[str], timeout: float | None = None, env: Mapping[str, str] | None = None
-) -> dict[str, Any]:
-    """Run `python -m <module> <args>` in a fresh process and return the JSON of its last stdout line."""
+    module: str, args: Sequence[str], timeout: float | None = None, env: Mapping[str, str] | None = None,
+    stderr_to: Path | None = None,
+) -> dict[str, Any]:  # fmt: skip
+    """Run `python -m <module> <args>` in a fresh process and return the JSON of its last stdout line
+    (its stderr written to `stderr_to` when given)."""
     cmd = [sys.executable, "-m", module, *args]
     proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=timeout, env=env)
+    if stderr_to is not None:
+        stderr_to.write_text(proc.stderr)
     if proc.returncode != 0:
         tail = (proc.stderr or proc.stdout).strip().splitlines()[-5:]
         raise RuntimeError(f"{' '.join(cmd)} failed with exit {proc.returncode}: " + " | ".join(tail))

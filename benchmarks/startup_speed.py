@@ -12,8 +12,13 @@ imports it for its language models when its model registry loads, which CSPNeXt'
 `zoo.compat.import_models` keeps it out). Run it once in an environment with transformers and once
 without (`--extra-path DIR` puts a folder holding it on the path).
 
+On a GPU machine `--device cuda` builds the model there, as `zoo run` would (CUDA's initialisation
+counts), and `--profile-imports` runs one more process under `-X importtime` to say which packages
+the import time goes to (a lent machine gives no second chance to ask).
+
     python -m benchmarks.startup_speed
     python -m benchmarks.startup_speed --extra-path /tmp/with-transformers --label with-transformers
+    python -m benchmarks.startup_speed --rows hrnet-w48-dark-plus-384x288 --device cuda --profile-imports
 """
 
 from __future__ import annotations
@@ -21,6 +26,7 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import os
+import re
 import shutil
 import sys
 import tempfile
@@ -37,8 +43,9 @@ ROWS = ("hrnet-w48-dark-plus-384x288", "cspnext-m-udp-256x192")
 TARGET_S = 5.0
 
 
-def worker(mdir: Path, row_id: str) -> dict[str, Any]:
-    """The steps of `zoo run` before its first batch; seconds each (this process was just started)."""
+def worker(mdir: Path, row_id: str, device: str) -> dict[str, Any]:
+    """The steps of `zoo run` before its first batch, the model built on `device` as the run would
+    (on a GPU that includes CUDA's initialisation); seconds each (this process was just started)."""
     marks = [("start", time.perf_counter())]
     import zoo.evaluate as evaluate  # the CLI's own imports
     from zoo import fetch
@@ -52,12 +59,21 @@ def worker(mdir: Path, row_id: str) -> dict[str, Any]:
     ckpt = fetch.fetch_row(row, lock=fetch.ChecksumLock(mdir / "checkpoints.lock"), offline=True)
     state = fetch.load_checkpoint(ckpt)  # re-hashed: the verified-load path
     marks.append(("weights", time.perf_counter()))
-    evaluate.build_model(cfg, "cpu", state)
+    evaluate.build_model(cfg, device, state)
+    _synchronize(device)
     marks.append(("model", time.perf_counter()))
     return _facts(marks)
 
 
-def reference_worker(config: str, checkpoint: str) -> dict[str, Any]:
+def _synchronize(device: str) -> None:
+    """Wait for the device's queued work, so that a step's time includes it."""
+    if device.startswith("cuda"):
+        import torch
+
+        torch.cuda.synchronize(device)
+
+
+def reference_worker(config: str, checkpoint: str, device: str) -> dict[str, Any]:
     """What a user of mmpose runs to get the same model: `mmpose.apis.init_model`."""
     marks = [("start", time.perf_counter())]
     from zoo import compat
@@ -67,7 +83,8 @@ def reference_worker(config: str, checkpoint: str) -> dict[str, Any]:
 
     marks.append(("import", time.perf_counter()))
     with compat.checkpoint_safe_globals():  # torch>=2.6's weights_only load, as in zoo's path
-        init_model(config, checkpoint, device="cpu")
+        init_model(config, checkpoint, device=device)
+    _synchronize(device)
     marks.append(("model", time.perf_counter()))
     return _facts(marks)
 
@@ -116,9 +133,25 @@ def _measure(args: Sequence[str], env: dict[str, str], repeats: int) -> dict[str
     }  # fmt: skip
 
 
+def import_profile(stderr: str, top: int = 12) -> dict[str, Any]:
+    """`-X importtime`'s report, as seconds of self time per top-level package (the biggest `top`,
+    the rest summed as "other"): which packages a start-up pays for, not who imported them first."""
+    per: dict[str, float] = {}
+    for line in stderr.splitlines():
+        match = re.match(r"import time:\s+(\d+) \|\s+\d+ \|\s*(\S+)$", line)
+        if match:
+            root = match[2].split(".")[0]
+            per[root] = per.get(root, 0.0) + int(match[1]) / 1e6
+    ranked = sorted(per.items(), key=lambda kv: -kv[1])
+    by_package = dict(ranked[:top])
+    if ranked[top:]:
+        by_package["other"] = sum(v for _, v in ranked[top:])
+    return {"total_s": sum(per.values()), "by_package": by_package}
+
+
 def run(
     rows: Sequence[str] = ROWS, repeats: int = 3, extra_path: Path | None = None, label: str = "default",
-    out: Path = _common.RESULTS_DIR,
+    out: Path = _common.RESULTS_DIR, device: str = "cpu", profile_imports: bool = False,
 ) -> dict[str, Any]:  # fmt: skip
     from zoo import fetch
     from zoo.manifest import load_manifests
@@ -135,20 +168,28 @@ def run(
         for row_id in rows:
             row = manifests.row(row_id)
             ckpt = fetch.fetch_row(row, lock=lock, offline=True)
-            zoo = _measure(["--worker", str(mdir), row_id], env, repeats)
-            ref = _measure(["--reference-worker", str(row.config_path), str(ckpt.path)], env, repeats)
+            zoo = _measure(["--worker", str(mdir), row_id, device], env, repeats)
+            ref = _measure(["--reference-worker", str(row.config_path), str(ckpt.path), device], env, repeats)
             results.append({"row": row_id, **zoo, "mmpose": ref, "speedup": ref["ready_s"] / zoo["ready_s"]})
+        if profile_imports:  # one more zoo process, profiled (the profile slows it: not timed)
+            _common.run_worker(
+                MODULE, ["--worker", str(mdir), rows[0], device], timeout=600,
+                env={**env, "PYTHONPROFILEIMPORTTIME": "1"}, stderr_to=work / "importtime.txt",
+            )  # fmt: skip
+            profile = {"row": rows[0], **import_profile((work / "importtime.txt").read_text())}
     finally:
         shutil.rmtree(work, ignore_errors=True)
     summary = {
         "date": _common.now_iso(),
         "machine": _common.machine_info(PACKAGES),
         "label": label,
+        "device": device,
         "repeats": repeats,
         "rows": results,
         "startup_seconds": round(max(r["ready_s"] for r in results), 2),
         "transformers_installed": results[0]["transformers_installed"],
         "transformers_imported": any(r["transformers_imported"] for r in results),
+        "import_profile": profile if profile_imports else None,
     }
     _common.write_text(out / f"startup_speed-{label}.md", _markdown(summary))
     _common.update_summary(out, {"runs": {"startup_speed": {label: summary}}})
@@ -167,6 +208,7 @@ def _markdown(summary: dict[str, Any]) -> str:
         "- Packages: " + ", ".join(f"{k} {v}" for k, v in m["packages"].items()),
         f"- transformers installed: {summary['transformers_installed'] or 'no'}; "
         f"imported by zoo: {summary['transformers_imported']}",
+        f"- Model built on: {summary['device']}",
         f"- Medians of {summary['repeats']} fresh processes after one warm-up run; target {TARGET_S:.0f} s: "
         + ("met" if summary["startup_seconds"] <= TARGET_S else "not met"),
         "",
@@ -194,6 +236,17 @@ def _markdown(summary: dict[str, Any]) -> str:
         ),
         "",
     ]
+    profile = summary["import_profile"]
+    if profile:
+        lines += [
+            f"Import time of one more zoo process for {profile['row']} under `-X importtime` (self time summed per "
+            f"top-level package; the profile slows imports a little): {profile['total_s']:.2f} s in all.",
+            "",
+            "| package | s |",
+            "|---|---:|",
+            *(f"| {k} | {v:.2f} |" for k, v in profile["by_package"].items()),
+            "",
+        ]
     return "\n".join(lines)
 
 
@@ -204,16 +257,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--extra-path", type=Path, default=None, help="a folder put first on PYTHONPATH")
     parser.add_argument("--label", default="default", help="names the result file (e.g. with-transformers)")
     parser.add_argument("--out", type=Path, default=_common.RESULTS_DIR, help="results folder")
-    parser.add_argument("--worker", nargs=2, help=argparse.SUPPRESS)
-    parser.add_argument("--reference-worker", nargs=2, help=argparse.SUPPRESS)
+    parser.add_argument("--device", default="cpu", help="where the model is built (cuda: as a GPU run)")
+    parser.add_argument(
+        "--profile-imports",
+        action="store_true",
+        help="one more process under -X importtime: seconds per package",
+    )
+    parser.add_argument("--worker", nargs=3, help=argparse.SUPPRESS)
+    parser.add_argument("--reference-worker", nargs=3, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.worker:
-        _common.emit(worker(Path(args.worker[0]), args.worker[1]))
+        _common.emit(worker(Path(args.worker[0]), *args.worker[1:]))
         return 0
     if args.reference_worker:
         _common.emit(reference_worker(*args.reference_worker))
         return 0
-    s = run(args.rows, args.repeats, args.extra_path, args.label, args.out)
+    s = run(args.rows, args.repeats, args.extra_path, args.label, args.out, args.device, args.profile_imports)
     print(
         f"start-up {s['startup_seconds']:.1f} s (transformers installed {s['transformers_installed']}, "
         f"imported {s['transformers_imported']}) -> {args.out / f'startup_speed-{args.label}.md'}"

@@ -143,3 +143,25 @@ def test_model_build_keeps_unneeded_packages_out(tmp_path: Path) -> None:
     assert proc.stdout.strip() == "reachable again: transformers was imported"
     unguarded = _python(code.replace("build_model(cfg, 'cpu', None)", "import mmdet.models"))
     assert "transformers was imported" in unguarded.stderr  # the test's fake is really on the path
+
+
+def test_model_build_skips_the_zero_optimizer_and_leaves_it_importable() -> None:
+    """mmengine's model package imports torch's ZeroRedundancyOptimizer (inside try/except
+    ImportError) for training only, pulling in torch.distributed's FSDP and DTensor stacks and sympy
+    (~0.3 s of start-up). A model build leaves it out; importing it afterwards still works."""
+    code = (
+        "import sys\n"
+        "from pathlib import Path\n"
+        "from zoo.data import dataset_paths, load_registry\n"
+        "from zoo.evaluate import build_model, load_config\n"
+        "from zoo.manifest import load_manifests\n"
+        "row = load_manifests(Path('manifests')).row('hrnet-w32-256x192')\n"
+        "cfg = load_config(row, dataset_paths(load_registry(Path('manifests')).get(row.dataset), Path('.')))\n"
+        "build_model(cfg, 'cpu', None)\n"
+        "print('torch.distributed.optim' in sys.modules)\n"
+        "from torch.distributed.optim import ZeroRedundancyOptimizer\n"
+        "print(ZeroRedundancyOptimizer.__module__)\n"
+    )
+    proc = _python(code)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.split() == ["False", "torch.distributed.optim.zero_redundancy_optimizer"]

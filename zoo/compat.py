@@ -9,8 +9,9 @@ Why each exists (facts in the README's "Stack fixes" section):
   objects in `meta`, so loading needs an explicit allow-list instead of turning weights_only off.
 - start-up: mmdet imports `transformers` (for its language models, inside try/except ImportError)
   whenever its model registry loads, which CSPNeXt's backbone needs; where transformers is installed
-  that import costs ~10 s (it TorchScript-compiles at import). `import_models` loads the registries'
-  packages with such unneeded packages kept out, so start-up does not depend on what else is installed.
+  that import costs ~10 s (it TorchScript-compiles at import). mmengine's model package imports
+  torch's ZeRO optimizer (training only, ~0.3 s). `import_models` loads the registries' packages with
+  such unneeded packages kept out, so start-up does not depend on what else is installed.
 """
 
 from __future__ import annotations
@@ -110,9 +111,12 @@ def apply() -> None:
     _applied = True
 
 
-# Imported by OpenMMLab model packages only for models the harness never builds, and only inside
-# try/except ImportError (mmdet.models.language_models, mmdet.models.utils.vlfuse_helper, ...).
-UNNEEDED_PACKAGES = ("transformers",)
+# Imported by OpenMMLab model packages only for what the harness never does, and only inside
+# try/except ImportError: transformers for mmdet's language models (mmdet.models.language_models,
+# mmdet.models.utils.vlfuse_helper, ...); torch.distributed.optim for mmengine's ZeRO optimizer
+# wrapper (mmengine.optim.optimizer.zero_optimizer: training only; it pulls in torch's FSDP/DTensor
+# stacks and sympy, ~0.3 s).
+UNNEEDED_PACKAGES = ("transformers", "torch.distributed.optim")
 
 
 @contextlib.contextmanager
