@@ -5,7 +5,8 @@
 # Each step is bounded so that a slow one cannot take the others' time, the most important first,
 # and results land in $OUT (default benchmarks/results/device/) as they are made:
 #   1. `zoo env` and the decode identity tests on this machine's numpy, OpenCV and CPU;
-#   2. start-up of a `zoo run` process against mmpose's init_model (benchmarks/startup_speed.py);
+#   2. start-up of a `zoo run` process against mmpose's init_model, and where its import time goes
+#      (benchmarks/startup_speed.py);
 #   3. benchmarks/gpu_speed.py with the time left: per row zoo run, Runner.test and the model-bound
 #      pace, then the whole table, then the CUDA-graph mode (steps it cannot start in time it names).
 # The budget: with CALL_START (epoch seconds when the call began, setup included) it is whatever is
@@ -30,9 +31,10 @@ left() { echo $((budget - (SECONDS - start))); }
 say "zoo env exit $?"
 timeout 60 "$py" -m pytest -q -x -p no:cacheprovider -m "not slow" tests/test_decode.py >"$out/tests.log" 2>&1
 say "decode identity tests exit $? ($(tail -n 1 "$out/tests.log"))"
-# one row, one repeat: two fresh processes each for zoo's path and mmpose's init_model (~10-14 s each there)
-timeout 75 "$py" -m benchmarks.startup_speed --rows hrnet-w48-dark-plus-384x288 --repeats 1 --label device \
-  --out "$out" 2>&1 | tail -n 2
+# one row, one repeat, the model built on the GPU: two fresh processes each for zoo's path and mmpose's
+# init_model, and one under -X importtime saying where the import time goes (~10-14 s each there)
+timeout 90 "$py" -m benchmarks.startup_speed --rows hrnet-w48-dark-plus-384x288 --repeats 1 --label device \
+  --device "${DEVICE:-cuda}" --profile-imports --out "$out" 2>&1 | tail -n 2
 say "start-up done"
 # gpu_speed stops starting steps when its budget is spent; the timeout is only a backstop
 # shellcheck disable=SC2086  # ROWS/TABLE_ROWS are word lists on purpose
