@@ -147,6 +147,7 @@ def test_all_seven_statuses() -> None:
     [
         ("config_sha256", "f" * 64, "effective config: record ffffffffffff"),
         ("boxes", "gt", None),  # the record's box source is read from its top level; set below
+        ("use_area", False, None),  # so is its OKS area rule
         ("row", {"input_size": [384, 288], "dataset": "coco-wholebody-v1.0-val", "use_area": True},
          "input size: record 384x288, manifest 256x192"),
         ("row", {"input_size": [256, 192], "dataset": "ubody2d-val", "use_area": True},
@@ -158,6 +159,8 @@ def test_each_fingerprint_field_makes_a_record_stale(field: str, value: Any, nam
     record = stale_json(R50, **{field: value})
     if field == "boxes":
         record["box_source"], named = "gt", "box source: record gt, manifest det"
+    if field == "use_area":
+        record["use_area"], named = False, "use_area: record False, manifest True"
     diffs = all_differences([R50], {R50.id: Record.from_json(record)}, M)[R50.id]
     check = check_row(R50, Record.from_json(record), diffs)
     if field == "data":  # the registry's checksum of the annotation file is a third party's: reported only

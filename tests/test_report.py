@@ -177,3 +177,42 @@ def test_report_per_keypoint_box_sources_and_caveats(tmp_path: Path) -> None:
     assert boxes["Body AP"][5:7] == ["+0.0100", "+0.0000"]
     assert set(boxes) == {"Body AP", "Foot AP", "Face AP", "Hand AP", "Whole AP"}
     assert "Not a reproduction of the published numbers:** 1 row(s) measured a subset" in text
+
+
+def test_report_marks_stale_and_synthetic_records(tmp_path: Path) -> None:
+    """A record that measured something else than the manifest row is STALE in the report, with the
+    differing field and both values; a record of the harness's synthetic data is flagged above the
+    tables and in its provenance row."""
+    from zoo.provenance import all_differences
+
+    synthetic = {**ok_json(R50)["fingerprint"], "data": {"synthetic": True}}
+    records = {
+        R50.id: ok_record(R50, fingerprint=synthetic),
+        W48.id: Record.from_json({**ok_json(W48), "box_source": "gt"}),
+    }
+    write_report(M, records, tmp_path, differences=all_differences(list(M.rows), records, M))
+    text = (tmp_path / "coco-wholebody.md").read_text(encoding="utf-8")
+    stale = [c for c in _cells(text) if c[0] == W48.id or W48.name in c[0]]
+    assert any("STALE" in cell for row in stale for cell in row), stale
+    assert "box source: record gt, manifest det" in text
+    assert f"1 row(s) measured the harness's synthetic data ({R50.id})" in text
+    provenance = [c for c in _cells(text) if c[0] == R50.id and any("synthetic data" in x for x in c)]
+    assert provenance, "the synthetic run is not marked in its provenance row"
+
+
+def test_rows_of_the_same_model_keep_their_own_labels(tmp_path: Path) -> None:
+    """The table has two "HRNet-w32" rows at 256x192 (COCO-WholeBody and UBody+COCO training): each
+    keeps its own label in the per-keypoint section and the speed plot, none is dropped or merged."""
+    from zoo.report import row_labels
+
+    rows = [row for row in M.rows if row.table == "coco-wholebody"]
+    twins = [row for row in rows if row.name == "HRNet-w32"]
+    assert len(twins) == 2 and len({row.input_size_text for row in twins}) == 1  # the case in point
+    for with_size in (False, True):
+        labels = row_labels(rows, with_size)
+        assert len(set(labels.values())) == len(rows), labels
+    records = {row.id: ok_record(row, per_keypoint=_per_keypoint("face")) for row in twins}
+    write_report(M, records, tmp_path)
+    text = (tmp_path / "coco-wholebody.md").read_text(encoding="utf-8")
+    keypoint_rows = [c[0] for c in _cells(text) if len(c) == 4 and c[0].startswith("HRNet-w32 (")]
+    assert sorted(keypoint_rows) == sorted(f"HRNet-w32 ({row.id})" for row in twins)

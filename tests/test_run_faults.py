@@ -130,6 +130,41 @@ def test_an_image_that_does_not_decode_stops_its_row_only(
 
 
 @pytest.mark.slow
+def test_a_missing_image_is_found_before_any_work(local_zoo, tmp_path: Path) -> None:
+    """An image the annotations name but the folder lacks: `zoo run` refuses in seconds with one line
+    naming it and writes nothing; `zoo reproduce` skips that dataset's row and runs the other."""
+    base = tmp_path / "data"
+    registry = load_registry(REPO / "manifests")
+    coco = dataset_paths(
+        registry.get("coco-wholebody-v1.0-val"), synthesize(base / "coco", n_images=2, seed=0).root
+    )
+    ubody = dataset_paths(registry.get("ubody2d-val"), base / "UBody")
+    ubody.ann_file.parent.mkdir(parents=True)
+    shutil.copytree(coco.img_dir, ubody.img_dir)
+    shutil.copyfile(coco.ann_file, ubody.ann_file)
+    missing = sorted(coco.img_dir.iterdir())[0]
+    missing.unlink()
+    mdir = local_zoo(ROW, OTHER)
+    runs = tmp_path / "runs"
+    common = ["--manifests", str(mdir), "--data-root", str(base), "--out", str(runs), "--cache",
+              str(tmp_path / "cache"), "--workers", "0", "--no-progress"]  # fmt: skip
+    started = time.monotonic()
+    proc = zoo("run", ROW, *common)
+    assert proc.returncode == 2 and time.monotonic() - started < 60
+    line = _one_error_line(proc.stderr)
+    assert missing.name in line and ROW in line, line
+    assert not runs.exists() or not any(runs.rglob("*.json*"))  # nothing written
+
+    reports = tmp_path / "reports"
+    proc = zoo("reproduce", ROW, OTHER, *common, "--report-dir", str(reports))
+    gate = {line.split()[1]: line.split()[0] for line in proc.stdout.splitlines() if line.split()[:1] in (
+        ["SKIPPED"], ["PASS"], ["FAIL"], ["ERROR"], ["STALE"], ["IMPROVED"])}  # fmt: skip
+    assert gate[ROW] == "SKIPPED" and gate[OTHER] != "SKIPPED", proc.stdout
+    assert json.loads((runs / OTHER / "result.json").read_text())["status"] == "ok"  # the other row ran
+    assert (reports / "coco-wholebody.md").is_file() and (reports / "ubody2d.md").is_file()
+
+
+@pytest.mark.slow
 def test_a_second_run_of_the_same_row_waits_and_finds_it_done(
     local_zoo, synth_root: Path, tmp_path: Path
 ) -> None:
@@ -164,3 +199,30 @@ def test_the_record_names_the_command_it_was_given(local_zoo, synth_root: Path, 
     assert main(argv) == 0
     record = json.loads((tmp_path / "runs" / ROW / "result.json").read_text())
     assert record["command"] == ["zoo", *argv]
+
+
+def test_a_cpu_run_under_torchrun_never_starts_nccl(monkeypatch: pytest.MonkeyPatch) -> None:
+    """`--device cpu` under torchrun on a GPU host joins the processes with gloo (NCCL would claim the
+    GPUs); a CUDA run goes through mmengine's launcher with NCCL. The host's GPUs are simulated: no
+    process group is really started (the two-process run itself is tested in test_evaluate)."""
+    import mmengine.dist
+    import torch
+
+    from zoo.evaluate import distributed
+
+    calls: list[tuple[str, str]] = []
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(
+        torch.distributed, "init_process_group", lambda backend, **_: calls.append(("torch", backend))
+    )
+    monkeypatch.setattr(torch.distributed, "destroy_process_group", lambda *_, **__: None)
+    monkeypatch.setattr(
+        mmengine.dist, "init_dist", lambda launcher, backend, **_: calls.append((launcher, backend))
+    )
+    monkeypatch.setattr(mmengine.dist, "get_dist_info", lambda: (1, 2))
+    with distributed("auto", "cpu") as ranks:
+        assert ranks == (1, 2)
+    with distributed("auto", "cuda:0"):
+        pass
+    assert calls == [("torch", "gloo"), ("pytorch", "nccl")]

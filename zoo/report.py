@@ -119,21 +119,31 @@ def _provenance_table(rows: Sequence[Row], comparison: Comparison, records: Mapp
     return tabulate(lines, headers=headers, tablefmt="github", disable_numparse=True)
 
 
+def row_labels(rows: Sequence[Row], with_size: bool = False) -> dict[str, str]:
+    """Row id -> its label in a plot or table: the model's name (and input size), or, where two rows
+    would read the same (the table has two "HRNet-w32" at 256x192), the name and the row id."""
+    from collections import Counter
+
+    base = {row.id: f"{row.name} ({row.input_size_text})" if with_size else row.name for row in rows}
+    counts = Counter(base.values())
+    return {row.id: base[row.id] if counts[base[row.id]] == 1 else f"{row.name} ({row.id})" for row in rows}
+
+
 def _throughput(record: Record | None) -> float | None:
     value = record.inference.get("crops_per_s") if record is not None else None
     return float(value) if isinstance(value, int | float) and math.isfinite(value) else None
 
 
-def _speed_cell(speed: float | None, record: Record | None) -> str:
+def _speed_cell(speed: float | None, record: Record | None, digits: int = 2) -> str:
     """The pass's pace; a pass shared by several rows runs every one of their models on each crop,
     so its pace is theirs together and says so (it reads as a slowdown otherwise)."""
     if speed is None:
         return "n/a"
     shared = record.inference.get("shared_pass") if record is not None else None
     return (
-        f"{speed:.2f} (pass of {len(shared) + 1} rows)"
+        f"{speed:.{digits}f} (pass of {len(shared) + 1} rows)"
         if isinstance(shared, list) and shared
-        else f"{speed:.2f}"
+        else f"{speed:.{digits}f}"
     )
 
 
@@ -258,13 +268,16 @@ def plot_speed(rows: Sequence[Row], records: Mapping[str, Record], path: Path) -
     from matplotlib.figure import Figure
 
     labels, speeds, notes = [], [], []
+    names = row_labels(rows, with_size=True)
     for row in rows:
         rec = records.get(row.id)
         speed = _throughput(rec)
-        labels.append(f"{row.name} ({row.input_size_text})")
+        labels.append(names[row.id])
         speeds.append(speed or 0.0)
-        if speed is not None:
-            notes.append(f"{speed:.1f} on {(rec.inference.get('device') if rec else None) or '?'}")
+        if speed is not None:  # a shared pass's pace is its rows' together, and says so
+            notes.append(
+                f"{_speed_cell(speed, rec, 1)} on {(rec.inference.get('device') if rec else None) or '?'}"
+            )
         else:
             notes.append("not measured" if rec is None else f"no throughput ({rec.status})")
     top = max(speeds, default=0.0) or 1.0
@@ -277,7 +290,7 @@ def plot_speed(rows: Sequence[Row], records: Mapping[str, Record], path: Path) -
             ax.text(speed + top * 0.01, i, note, va="center", fontsize=8)
         ax.set_yticks(y, labels)
         ax.invert_yaxis()  # table order, top to bottom
-        ax.set_xlim(0, top * 1.3)  # room for the labels
+        ax.set_xlim(0, top * 1.6)  # room for the labels ("12.3 (pass of 9 rows) on cuda:0")
         ax.set_xlabel("boxes/s (pose model's inference incl. crops and decoding, as recorded)")
         ax.set_title("Inference throughput per row")
         ax.grid(True, axis="x", linewidth=0.3)
@@ -285,15 +298,17 @@ def plot_speed(rows: Sequence[Row], records: Mapping[str, Record], path: Path) -
 
 
 def _keypoint_stats(rows: Sequence[Row], records: Mapping[str, Record]) -> dict[str, Any]:
-    """Row name -> KeypointStats, for the ok records that carry `details.per_keypoint`."""
+    """Row label (`row_labels`: unique) -> KeypointStats, for the ok records that carry
+    `details.per_keypoint`."""
     from zoo.keypoints import KeypointStats
 
     out = {}
+    names = row_labels(rows)
     for row in rows:
         rec = records.get(row.id)
         data = rec.details.get("per_keypoint") if rec is not None and rec.status == "ok" else None
         if data is not None:
-            out[row.name] = KeypointStats.from_json(data, f"{row.id}: per_keypoint")
+            out[names[row.id]] = KeypointStats.from_json(data, f"{row.id}: per_keypoint")
     return out
 
 
