@@ -66,7 +66,7 @@ def test_demo_passes_with_real_numbers_and_perturbed_demo_fails_on_whole_ap(
     out = tmp_path / DEFAULT_OUT
     assert _checkout_state() == before  # nothing in the checkout changed, not even an untracked file
     for name in (MARKER, "check.txt", "junit.xml", "coco-wholebody.md", "coco-wholebody-delta.png",
-                 "coco-wholebody-speed.png", "manifests/coco-wholebody.yaml"):  # fmt: skip
+                 "coco-wholebody-speed.png", "coco-wholebody-keypoints.png", "manifests/coco-wholebody.yaml"):  # fmt: skip
         assert (out / name).is_file(), name
     records = load_records(out / "results")
     assert sorted(records) == sorted(r.id for r in spec.rows)

@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from zoo.keypoints import KeypointStats
 from zoo.manifest import load_manifests
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -62,7 +63,11 @@ def test_every_row_runs_end_to_end(row_id: str, local_zoo, data_roots, tmp_path:
     assert record.checkpoint_sha256.startswith(row.checkpoint.sha256_prefix)
     assert record.environment["packages"]["mmpose"]["version"] == "1.3.2"
     assert record.environment["dirs"]["cache"] == str(tmp_path / "cache")  # the cache this run used
-    assert {"model_build_s", "inference_s", "evaluation_s", "total_s"} <= set(record.timings)
+    assert {"model_build_s", "inference_s", "evaluation_s", "per_keypoint_s", "total_s"} <= set(
+        record.timings
+    )
+    per_keypoint = record.details["per_keypoint"]  # where a regression sits: all 133 keypoints, by part
+    assert len(KeypointStats.from_json(per_keypoint, row_id).values("oks")) == 133
     on_disk = json.loads((tmp_path / "runs" / row_id / "result.json").read_text())
     assert on_disk == record.to_json() and on_disk["config"]["test_dataloader"]["batch_size"] == 32
     preds = json.loads(gzip.decompress((tmp_path / "runs" / row_id / "predictions.json.gz").read_bytes()))

@@ -7,6 +7,7 @@ each other; a record says which command and cache made it."""
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import subprocess
 import sys
@@ -178,14 +179,27 @@ def test_a_second_run_of_the_same_row_waits_and_finds_it_done(
         assert first.poll() is None and time.monotonic() < deadline, first.communicate()[1][-3000:]
         time.sleep(0.05)
     second = subprocess.run(args, cwd=REPO, capture_output=True, text=True, timeout=600)
-    _, first_err = first.communicate(timeout=600)
+    first_out, first_err = first.communicate(timeout=600)
     assert first.returncode == 0 and second.returncode == 0, (first_err[-2000:], second.stderr[-2000:])
+    # the start line (row, device, boxes, batch, what it runs, when to expect it) and the summary table
+    assert re.search(rf"^{ROW}: \d+ boxes on cpu, batch 32, flip test, det boxes, expected time shown once it runs$",
+                     first_err, re.M), first_err[-2000:]  # fmt: skip
+    header, _, line = first_out.strip().splitlines()[-3:]
+    assert header.split() == ["row", "status", "Whole", "AP", "measured", "Δ", "Whole", "AR", "measured", "Δ",
+                              "min", "record"]  # fmt: skip
+    assert line.split()[:2] == [ROW, "FAIL"] and line.split()[-1] == str(
+        runs / ROW / "result.json"
+    )  # random weights
     assert f"{ROW}: {runs / ROW} is being written by pid {first.pid} on " in second.stderr
     assert "waiting for it" in second.stderr
     assert "boxes on cpu" in first_err and "boxes on cpu" not in second.stderr  # the second ran nothing
     record = json.loads((runs / ROW / "result.json").read_text())
     assert record["command"][:2] == ["zoo", "run"] and record["environment"]["dirs"]["cache"] == str(
         tmp_path / "cache"
+    )
+    again = subprocess.run([*args, "--force"], cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert again.returncode == 0 and re.search(
+        rf"^{ROW}: .* expected ~\d+s \(its last run here\)$", again.stderr, re.M
     )
 
 
@@ -226,3 +240,17 @@ def test_a_cpu_run_under_torchrun_never_starts_nccl(monkeypatch: pytest.MonkeyPa
     with distributed("auto", "cuda:0"):
         pass
     assert calls == [("torch", "gloo"), ("pytorch", "nccl")]
+
+
+def test_without_a_bar_progress_is_still_logged(caplog: pytest.LogCaptureFixture) -> None:
+    """`--no-progress` (or no terminal) drops the bar, not the news: a line every `every` seconds
+    with boxes done, pace and time left (30 s in a run; 0 here, so every update logs)."""
+    import logging
+
+    from zoo.inference import Progress
+
+    caplog.set_level(logging.INFO, logger="zoo.inference")
+    progress = Progress(100, "res50-256x192", bar=True, every=0.0)  # no terminal here: no bar either
+    progress.update(40)
+    progress.close()
+    assert re.fullmatch(r"res50-256x192: 40/100 boxes \(\d+ boxes/s, \d+s left\)", caplog.messages[-1])
