@@ -327,6 +327,8 @@ def test_bad_input_is_one_line_and_exit_2(tmp_path: Path) -> None:
     broken.write_text('{"schema": 2, "row_id": ')
     no_status = tmp_path / "no-status.json"
     no_status.write_text(json.dumps({"schema": 2, "row_id": ROW}))
+    odd_status = tmp_path / "odd-status.json"  # the status is a closed set
+    odd_status.write_text(json.dumps({"schema": 2, "row_id": ROW, "status": "passed"}))
     bad_metrics = tmp_path / "bad-metrics.json"
     bad_metrics.write_text(json.dumps({"schema": 2, "row_id": ROW, "status": "ok", "metrics": [1]}))
     empty = tmp_path / "empty"
@@ -335,6 +337,7 @@ def test_bad_input_is_one_line_and_exit_2(tmp_path: Path) -> None:
         tmp_path / "missing.json": "not found",
         broken: "not valid JSON",
         no_status: "lacks field 'status'",
+        odd_status: "field 'status' is 'passed' (ok, error or skipped)",
         bad_metrics: "field 'metrics'",
         empty: "no result records",
     }
