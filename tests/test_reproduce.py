@@ -70,3 +70,23 @@ def test_missing_data_root_is_bad_input(local_zoo, tmp_path: Path, capsys) -> No
     assert main(["reproduce", ROWS[0], "--manifests", str(manifests), "--data-root", str(tmp_path / "none"),
                  "--out", str(tmp_path / "runs"), "--cache", str(tmp_path / "cache")]) == 2  # fmt: skip
     assert "--data-root" in capsys.readouterr().err
+
+
+def test_reproduce_with_both_box_sources(local_zoo, synth_root: Path, tmp_path: Path, capsys) -> None:
+    """`zoo reproduce --boxes det,gt`: both records kept (the GT one beside the row's own), the gate
+    judges the row's own box source only, and the report shows the Δ between the two per part."""
+    from zoo.results import box_variant_dir
+
+    manifests = local_zoo(ROWS[0])
+    runs, reports = tmp_path / "runs", tmp_path / "reports"
+    code = main(["reproduce", ROWS[0], "--boxes", "det,gt", "--manifests", str(manifests), "--data-root",
+                 str(synth_root), "--out", str(runs), "--report-dir", str(reports), "--cache", str(tmp_path / "cache"),
+                 "--workers", "0", "--no-progress"])  # fmt: skip
+    assert code == 1  # random weights: FAIL, judged on the row's own (detector) boxes
+    own = json.loads((runs / ROWS[0] / "result.json").read_text())
+    gt = json.loads((box_variant_dir(runs, "gt") / ROWS[0] / "result.json").read_text())
+    assert own["box_source"] == "det" and gt["box_source"] == "gt" and own["status"] == gt["status"] == "ok"
+    out = capsys.readouterr().out
+    assert [line.split()[1] for line in out.splitlines() if line.startswith("FAIL")] == [ROWS[0]]
+    text = (reports / "coco-wholebody.md").read_text(encoding="utf-8")
+    assert "## Box source" in text and "det → gt" in text
