@@ -121,6 +121,16 @@ def test_an_image_that_does_not_decode_stops_its_row_only(
         and error["error"] == f"{broken}: does not decode as an image (AssertionError)"
     )
     assert json.loads((runs / OTHER / "result.json").read_text())["status"] == "ok"  # the other row went on
+    # mmpose's own path (`--reference`, its per-box DataLoader) says the same in one line
+    proc = zoo(
+        "run", ROW, *[str(tmp_path / "reference") if a == str(runs) else a for a in common], "--reference"
+    )
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr and "DataLoader worker" not in proc.stderr
+    assert f"{ROW}: ERROR: {broken}: does not decode as an image (" in proc.stderr, proc.stderr[-3000:]
+    error = json.loads((tmp_path / "reference" / ROW / "result.json").read_text())
+    assert error["status"] == "error" and error["error"].startswith(
+        f"{broken}: does not decode as an image ("
+    )
 
     reports = tmp_path / "reports"
     proc = zoo("reproduce", ROW, OTHER, *common, "--report-dir", str(reports))

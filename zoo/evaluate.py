@@ -275,22 +275,77 @@ def instances_of(samples: Sequence[Any]) -> Instances:
     return Instances.stack(images, keypoints, scores, bbox, area, sample_ids=ids)
 
 
+@dataclass(frozen=True)
+class _Unreadable:
+    """What the reference path's DataLoader hands back for a sample whose image cannot be read,
+    instead of raising: a worker's exception reaches the main process as a multi-line traceback."""
+
+    message: str
+
+
+class _Samples:
+    """The samples `indices` of an mmpose dataset through its own pipeline, an image that cannot be
+    read becoming an `_Unreadable` that names the file (any other failure is raised as it is)."""
+
+    def __init__(self, dataset: Any, indices: Sequence[int]) -> None:
+        self.dataset, self.indices = dataset, list(indices)
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __getitem__(self, k: int) -> Any:
+        index = self.indices[k]
+        try:
+            return self.dataset[index]
+        except Exception as exc:
+            path = self.dataset.get_data_info(index).get("img_path")
+            why = _image_problem(path) if path else None
+            if why is None:
+                raise
+            return _Unreadable(f"{path}: {why} ({type(exc).__name__})")
+
+
+def _image_problem(path: str) -> str | None:
+    """Why the image at `path` cannot be read (as OpenCV, LoadImage's backend, decodes it), or None."""
+    import cv2
+
+    if not os.path.isfile(path):
+        return "no such file"
+    data = np.fromfile(path, dtype=np.uint8)
+    return (
+        None
+        if data.size and cv2.imdecode(data, cv2.IMREAD_COLOR) is not None
+        else "does not decode as an image"
+    )
+
+
+def _collate(items: list[Any]) -> Any:
+    """mmengine's `pseudo_collate`, or the batch's first `_Unreadable`."""
+    from mmengine.dataset import pseudo_collate
+
+    return next((item for item in items if isinstance(item, _Unreadable)), None) or pseudo_collate(items)
+
+
 def reference_infer(
     model: Any, dataset: Any, indices: Sequence[int], *, batch_size: int, workers: int, device: str
 ) -> Instances:
     """mmpose's own test path for `--reference`: its per-box pipeline through a DataLoader with
-    `pseudo_collate`, `model.test_step` (preprocessing, forward, flip test, decoding) per batch."""
+    `pseudo_collate`, `model.test_step` (preprocessing, forward, flip test, decoding) per batch. An
+    image that cannot be read stops the row with one line naming it (`ImageError`), as in the fast path."""
     import torch
-    from mmengine.dataset import pseudo_collate
-    from torch.utils.data import DataLoader, Subset
+    from torch.utils.data import DataLoader
+
+    from zoo.crops import ImageError
 
     loader = DataLoader(
-        Subset(dataset, list(indices)), batch_size=batch_size, num_workers=workers, collate_fn=pseudo_collate,
+        _Samples(dataset, indices), batch_size=batch_size, num_workers=workers, collate_fn=_collate,
         pin_memory=device.startswith("cuda"),
     )  # fmt: skip
     parts = []
     with torch.no_grad():
         for batch in loader:
+            if isinstance(batch, _Unreadable):
+                raise ImageError(batch.message)
             parts.append(instances_of(model.test_step(batch)))
     return Instances.concat(parts)
 
