@@ -115,6 +115,18 @@ def test_no_global_weights_only_opt_out() -> None:
         assert "TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD" not in text, path
 
 
+# a fresh process's model build, as `zoo run` does it (the row's config, no weights)
+_BUILD_MODEL = (
+    "from pathlib import Path\n"
+    "from zoo.data import dataset_paths, load_registry\n"
+    "from zoo.evaluate import build_model, load_config\n"
+    "from zoo.manifest import load_manifests\n"
+    "row = load_manifests(Path('manifests')).row('{row}')\n"
+    "cfg = load_config(row, dataset_paths(load_registry(Path('manifests')).get(row.dataset), Path('.')))\n"
+    "build_model(cfg, 'cpu', None)\n"
+)
+
+
 def test_model_build_keeps_unneeded_packages_out(tmp_path: Path) -> None:
     """mmdet imports `transformers` when its model registry loads (CSPNeXt's backbone needs that
     registry). An installed transformers, here one whose import fails loudly, must not be imported:
@@ -125,14 +137,8 @@ def test_model_build_keeps_unneeded_packages_out(tmp_path: Path) -> None:
     code = (
         "import sys\n"
         f"sys.path.insert(0, {str(tmp_path / 'site')!r})\n"
-        "from pathlib import Path\n"
-        "from zoo.data import dataset_paths, load_registry\n"
-        "from zoo.evaluate import build_model, load_config\n"
-        "from zoo.manifest import load_manifests\n"
-        "row = load_manifests(Path('manifests')).row('cspnext-m-udp-256x192')\n"
-        "cfg = load_config(row, dataset_paths(load_registry(Path('manifests')).get(row.dataset), Path('.')))\n"
-        "build_model(cfg, 'cpu', None)\n"
-        "assert 'transformers' not in sys.modules, 'blocked import left behind'\n"
+        + _BUILD_MODEL.format(row="cspnext-m-udp-256x192")
+        + "assert 'transformers' not in sys.modules, 'blocked import left behind'\n"
         "try:\n"
         "    import transformers\n"
         "except RuntimeError as exc:\n"
@@ -151,14 +157,8 @@ def test_model_build_skips_the_zero_optimizer_and_leaves_it_importable() -> None
     (~0.3 s of start-up). A model build leaves it out; importing it afterwards still works."""
     code = (
         "import sys\n"
-        "from pathlib import Path\n"
-        "from zoo.data import dataset_paths, load_registry\n"
-        "from zoo.evaluate import build_model, load_config\n"
-        "from zoo.manifest import load_manifests\n"
-        "row = load_manifests(Path('manifests')).row('hrnet-w32-256x192')\n"
-        "cfg = load_config(row, dataset_paths(load_registry(Path('manifests')).get(row.dataset), Path('.')))\n"
-        "build_model(cfg, 'cpu', None)\n"
-        "print('torch.distributed.optim' in sys.modules)\n"
+        + _BUILD_MODEL.format(row="hrnet-w32-256x192")
+        + "print('torch.distributed.optim' in sys.modules)\n"
         "from torch.distributed.optim import ZeroRedundancyOptimizer\n"
         "print(ZeroRedundancyOptimizer.__module__)\n"
     )

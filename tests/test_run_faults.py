@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 from fault_helpers import REPO, read_only, zoo
 
-from zoo.data import dataset_paths, load_registry, synthesize
+from zoo.data import DataPaths, dataset_paths, load_registry, synthesize
 
 ROW, OTHER = "res50-256x192", "hrnet-w32-ubody2d-256x192"
 
@@ -79,22 +79,26 @@ def test_offline_with_an_empty_cache(local_zoo, synth_root: Path, tmp_path: Path
     assert (reports / "coco-wholebody.md").is_file() and junit.is_file()
 
 
+def _coco_and_ubody(base: Path, n_images: int) -> DataPaths:
+    """A data root `base` holding coco/ (a synthetic set) and UBody/ (a copy of it, made before any
+    test breaks an image of coco/); returns coco's paths."""
+    registry = load_registry(REPO / "manifests")
+    coco = dataset_paths(
+        registry.get("coco-wholebody-v1.0-val"), synthesize(base / "coco", n_images=n_images, seed=0).root
+    )
+    ubody = dataset_paths(registry.get("ubody2d-val"), base / "UBody")
+    ubody.ann_file.parent.mkdir(parents=True)
+    shutil.copytree(coco.img_dir, ubody.img_dir)
+    shutil.copyfile(coco.ann_file, ubody.ann_file)
+    return coco
+
+
 @pytest.fixture(scope="module")
 def roots_with_a_broken_image(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     """A data root holding coco/ (its first image cut to 100 bytes) and UBody/ (the same set, whole);
     returns (the data root, the broken image)."""
     base = tmp_path_factory.mktemp("broken")
-    registry = load_registry(REPO / "manifests")
-    coco = dataset_paths(
-        registry.get("coco-wholebody-v1.0-val"), synthesize(base / "coco", n_images=3, seed=0).root
-    )
-    whole = dataset_paths(
-        registry.get("coco-wholebody-v1.0-val"), synthesize(base / "whole", n_images=3, seed=0).root
-    )
-    ubody = dataset_paths(registry.get("ubody2d-val"), base / "UBody")
-    ubody.ann_file.parent.mkdir(parents=True)
-    shutil.copytree(whole.img_dir, ubody.img_dir)
-    shutil.copyfile(whole.ann_file, ubody.ann_file)
+    coco = _coco_and_ubody(base, n_images=3)
     detections = json.loads(coco.det_file.read_text())
     images = {im["id"]: im["file_name"] for im in json.loads(coco.ann_file.read_text())["images"]}
     broken = coco.img_dir / images[detections[0]["image_id"]]  # an image the row's boxes need
@@ -145,14 +149,7 @@ def test_a_missing_image_is_found_before_any_work(local_zoo, tmp_path: Path) -> 
     """An image the annotations name but the folder lacks: `zoo run` refuses in seconds with one line
     naming it and writes nothing; `zoo reproduce` skips that dataset's row and runs the other."""
     base = tmp_path / "data"
-    registry = load_registry(REPO / "manifests")
-    coco = dataset_paths(
-        registry.get("coco-wholebody-v1.0-val"), synthesize(base / "coco", n_images=2, seed=0).root
-    )
-    ubody = dataset_paths(registry.get("ubody2d-val"), base / "UBody")
-    ubody.ann_file.parent.mkdir(parents=True)
-    shutil.copytree(coco.img_dir, ubody.img_dir)
-    shutil.copyfile(coco.ann_file, ubody.ann_file)
+    coco = _coco_and_ubody(base, n_images=2)
     missing = sorted(coco.img_dir.iterdir())[0]
     missing.unlink()
     mdir = local_zoo(ROW, OTHER)

@@ -49,6 +49,13 @@ class ImageError(ZooError):
     """An image of the data set is missing or does not decode; the message names the file."""
 
 
+def unreadable(path: str, exc: BaseException, missing: bool | None = None) -> str:
+    """The one line naming an image the pipeline could not read (the fast and reference paths alike);
+    `missing` defaults to what the exception says."""
+    missing = isinstance(exc, FileNotFoundError) if missing is None else missing
+    return f"{path}: {'no such file' if missing else 'does not decode as an image'} ({type(exc).__name__})"
+
+
 def _stack() -> None:
     from zoo import compat
 
@@ -185,8 +192,7 @@ class CropDataset(Dataset):
         try:
             img = r.load({"img_path": path})["img"]  # LoadImage, as the pipeline decodes
         except Exception as exc:  # noqa: BLE001 - reported (in the main process) as one line naming the file
-            why = "no such file" if isinstance(exc, FileNotFoundError) else "does not decode as an image"
-            return {"error": f"{path}: {why} ({type(exc).__name__})"}
+            return {"error": unreadable(path, exc)}
         centers, scales, matrices = self._geometry(infos)
         crops = _warp_all(img, matrices, (int(r.input_size[0]), int(r.input_size[1])))
         return {

@@ -294,29 +294,17 @@ class _Samples:
         return len(self.indices)
 
     def __getitem__(self, k: int) -> Any:
+        from zoo.crops import unreadable
+        from zoo.data.decode import image_problem
+
         index = self.indices[k]
         try:
             return self.dataset[index]
         except Exception as exc:
             path = self.dataset.get_data_info(index).get("img_path")
-            why = _image_problem(path) if path else None
-            if why is None:
+            if not path or image_problem(Path(path)) is None:  # the image is fine: another failure
                 raise
-            return _Unreadable(f"{path}: {why} ({type(exc).__name__})")
-
-
-def _image_problem(path: str) -> str | None:
-    """Why the image at `path` cannot be read (as OpenCV, LoadImage's backend, decodes it), or None."""
-    import cv2
-
-    if not os.path.isfile(path):
-        return "no such file"
-    data = np.fromfile(path, dtype=np.uint8)
-    return (
-        None
-        if data.size and cv2.imdecode(data, cv2.IMREAD_COLOR) is not None
-        else "does not decode as an image"
-    )
+            return _Unreadable(unreadable(path, exc, missing=not Path(path).exists()))
 
 
 def _collate(items: list[Any]) -> Any:
